@@ -1,0 +1,33 @@
+"""The `MaskedEncoder` protocol every backbone adapter implements."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from splathead.typing import Float, Int, Tensor
+
+
+@runtime_checkable
+class MaskedEncoder(Protocol):
+    """A ViT encoder that runs on the visible patches only, as MAE's encoder does.
+
+    Attributes:
+        embed_dim: width ``d`` of the output tokens.
+        patch_size: ``(ph, pw)`` in pixels.
+        num_prefix_tokens: tokens before the patches (cls, registers); never masked.
+    """
+
+    embed_dim: int
+    patch_size: tuple[int, int]
+    num_prefix_tokens: int
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid ``(gh, gw)`` for an image of ``height x width`` pixels."""
+        ...
+
+    def __call__(
+        self, images: Float[Tensor, "b c h w"], ids_keep: Int[Tensor, "b k"] | None = None
+    ) -> Float[Tensor, "b t d"]:
+        """Tokens ``[b prefix+k d]``, prefix first; ``ids_keep`` indexes patches in row-major
+        grid order (``None`` keeps every patch)."""
+        ...
