@@ -1,0 +1,132 @@
+"""`TimmViTEncoder`: a timm `VisionTransformer` as a `MaskedEncoder` over visible patches."""
+
+from __future__ import annotations
+
+import torch
+from timm.models import checkpoint_seq
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from splathead.masking import gather_tokens
+from splathead.typing import Float, Int, Tensor, typecheck
+
+__all__ = ["TimmViTEncoder"]
+
+
+def _embed_with_positions(vit: VisionTransformer, images: Tensor) -> Tensor:
+    """``[b prefix+l d]``: prefix tokens (cls, registers) and patch tokens with positions added.
+
+    The one place that calls a private timm helper. ``VisionTransformer._pos_embed`` handles
+    class/register tokens, ``no_embed_class`` and the position resampling of
+    ``dynamic_img_size`` models exactly as ``forward_features`` does. Checked against timm 1.0.31.
+    """
+    return vit._pos_embed(vit.patch_embed(images))
+
+
+class TimmViTEncoder(nn.Module):
+    """MAE's encoder pass for a timm ``VisionTransformer``: only visible patches enter the blocks.
+
+    ``patch_embed`` -> positions -> keep the prefix tokens and the patches ``ids_keep`` ->
+    ``norm_pre`` -> ``blocks`` -> ``norm``. Positions are added before patches are dropped, as
+    in MAE, so each visible token keeps its place in the grid. With every patch kept the output
+    equals ``vit.forward_features(images)``.
+
+    Wrapping holds a reference: the ViT's weights are neither copied nor re-initialised, and
+    ``encoder.vit`` is the model passed in. Works for MAE, DeiT (``no_embed_class``), DINO and
+    DINOv2 (registers, layer scale) ViTs and for ``dynamic_img_size`` models at any size.
+
+    Args:
+        vit: a timm ``VisionTransformer`` without patch dropout (masking takes its place).
+    """
+
+    def __init__(self, vit: VisionTransformer) -> None:
+        super().__init__()
+        if not isinstance(vit, VisionTransformer):
+            raise TypeError(
+                f"vit must be a timm VisionTransformer, got {type(vit).__name__}"
+            )
+        if not isinstance(vit.patch_drop, nn.Identity):
+            # Patch dropout would drop further tokens at random and break ids_keep's indexing.
+            raise ValueError(
+                "vit uses patch dropout (patch_drop_rate > 0); masking replaces it: build the "
+                "model with patch_drop_rate=0 or set vit.patch_drop = torch.nn.Identity()"
+            )
+        self.vit = vit
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.vit.patch_embed.patch_size)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class and register tokens in front of the patches; never masked."""
+        return self.vit.num_prefix_tokens
+
+    @property
+    def in_chans(self) -> int:
+        return self.vit.patch_embed.proj.in_channels
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid ``(gh, gw)`` for ``height x width`` images.
+
+        Static-size models accept only the size they were built for (timm's ``img_size``);
+        ``dynamic_img_size`` models accept any size, padded up to whole patches when built
+        with ``dynamic_img_pad``.
+        """
+        patch_embed = self.vit.patch_embed
+        patch_height, patch_width = self.patch_size
+        if not self.vit.dynamic_img_size:
+            if (height, width) != tuple(patch_embed.img_size):
+                built_height, built_width = patch_embed.img_size
+                raise ValueError(
+                    f"images are {height}x{width} pixels but this timm model was built for "
+                    f"{built_height}x{built_width} (img_size); build it with img_size="
+                    f"({height}, {width}) or dynamic_img_size=True"
+                )
+            return tuple(patch_embed.grid_size)
+        if not patch_embed.dynamic_img_pad and (height % patch_height or width % patch_width):
+            raise ValueError(
+                f"images are {height}x{width} pixels, not divisible by the "
+                f"{patch_height}x{patch_width} patch size"
+            )
+        return tuple(patch_embed.dynamic_feat_size((height, width)))
+
+    @typecheck
+    def forward(
+        self, images: Float[Tensor, "b c h w"], ids_keep: Int[Tensor, "b k"] | None = None
+    ) -> Float[Tensor, "b t d"]:
+        """Encode the visible patches.
+
+        Args:
+            images: ``[b c h w]`` images, normalised as the ViT expects.
+            ids_keep: ``[b k]`` visible patches, row-major grid indices in ``[0, gh*gw)``
+                (``PatchMask.ids_keep``); ``None`` keeps every patch in grid order.
+
+        Returns:
+            ``[b prefix+k d]``: the prefix tokens, then the visible patches in ``ids_keep`` order.
+        """
+        if images.shape[1] != self.in_chans:
+            raise ValueError(
+                f"images has {images.shape[1]} channels, the ViT expects {self.in_chans}"
+            )
+        grid_height, grid_width = self.grid_size(*images.shape[2:])
+        if ids_keep is not None and ids_keep.shape[1] > grid_height * grid_width:
+            raise ValueError(
+                f"ids_keep keeps {ids_keep.shape[1]} patches of only {grid_height * grid_width}"
+            )
+        tokens = _embed_with_positions(self.vit, images)
+        if ids_keep is not None:
+            prefix = self.num_prefix_tokens
+            tokens = torch.cat(
+                [tokens[:, :prefix], gather_tokens(tokens[:, prefix:], ids_keep)], dim=1
+            )
+        tokens = self.vit.norm_pre(tokens)
+        if self.vit.grad_checkpointing:
+            tokens = checkpoint_seq(self.vit.blocks, tokens)
+        else:
+            tokens = self.vit.blocks(tokens)
+        return self.vit.norm(tokens)
