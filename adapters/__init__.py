@@ -1,5 +1,18 @@
 """Backbone adapters: timm and Hugging Face ViTs as `MaskedEncoder`s (``splathead.adapters``)."""
 
 from splathead.adapters.base import MaskedEncoder
+from splathead.adapters.export import export_hf, export_timm
+from splathead.adapters.hf_dinov2 import HFDinov2Encoder
+from splathead.adapters.hf_vitmae import HFViTMAEEncoder
+from splathead.adapters.timm_vit import TimmViTEncoder
+from splathead.adapters.wrap import wrap
 
-__all__ = ["MaskedEncoder"]
+__all__ = [
+    "HFDinov2Encoder",
+    "HFViTMAEEncoder",
+    "MaskedEncoder",
+    "TimmViTEncoder",
+    "export_hf",
+    "export_timm",
+    "wrap",
+]

@@ -1,0 +1,42 @@
+"""`wrap`: the `MaskedEncoder` adapter for a timm or Hugging Face backbone."""
+
+from __future__ import annotations
+
+import sys
+
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from splathead.adapters.base import MaskedEncoder
+from splathead.adapters.hf_dinov2 import HFDinov2Encoder
+from splathead.adapters.hf_vitmae import HFViTMAEEncoder
+from splathead.adapters.timm_vit import TimmViTEncoder
+
+SUPPORTED = (
+    "timm VisionTransformer (MAE, DeiT, DINO, DINOv2 with or without registers), "
+    "transformers ViTMAEModel / ViTMAEForPreTraining, Dinov2Model, Dinov2WithRegistersModel, "
+    "or any MaskedEncoder"
+)
+
+
+def wrap(model: nn.Module) -> MaskedEncoder:
+    """The adapter that runs ``model`` on visible patches only; a `MaskedEncoder` comes back as is.
+
+    The adapter holds ``model`` itself (no copy, no re-initialisation). For options (e.g. HF
+    ViTMAE's ``interpolate_pos_encoding``) build the adapter directly.
+
+    Raises:
+        TypeError: for any other model, listing the supported ones.
+    """
+    if isinstance(model, VisionTransformer):
+        return TimmViTEncoder(model)
+    # A Hugging Face model means transformers is already imported; never import it here.
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
+        if isinstance(model, (transformers.ViTMAEModel, transformers.ViTMAEForPreTraining)):
+            return HFViTMAEEncoder(model)
+        if isinstance(model, (transformers.Dinov2Model, transformers.Dinov2WithRegistersModel)):
+            return HFDinov2Encoder(model)
+    if isinstance(model, MaskedEncoder):
+        return model
+    raise TypeError(f"cannot wrap a {type(model).__name__}; supported: {SUPPORTED}")
