@@ -1,0 +1,276 @@
+"""The GMAE decoder: learned queries read the visible tokens and become Gaussians."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import NamedTuple
+
+import torch
+from einops import repeat
+from timm.layers import to_2tuple
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from splathead.camera import Camera
+from splathead.gaussians import Gaussians
+from splathead.head import GaussianHead, Rotation
+from splathead.pos_embed import sincos_pos_embed_2d
+from splathead.render import SplatRenderer
+from splathead.render.renderer import BackendName
+from splathead.typing import Float, Int, Tensor, typecheck
+
+
+def init_like_mae(module: nn.Module) -> None:
+    """MAE's init for one module (use with ``apply``): xavier-uniform Linear weights, zero
+    biases, LayerNorm weight 1 and bias 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class QueryDecoder(nn.Module):
+    """Transformer over ``[prefix, visible + position, queries]``; returns the query outputs.
+
+    The visible encoder tokens are projected to ``dim`` and get the fixed 2D sin-cos position
+    (MAE layout, :func:`sincos_pos_embed_2d`) of their patch; prefix tokens (cls, registers) get
+    none, as MAE's zero cls row. Each of the ``num_queries`` queries is one shared learned token
+    plus its own learned embedding (both normal, std 0.02). Unlike MAE there are no mask tokens:
+    the decoder's length is ``prefix + visible + num_queries`` whatever the mask. Blocks are
+    timm's ViT ``Block`` with MAE's settings (qkv bias, LayerNorm eps 1e-6) and MAE's init.
+
+    Args:
+        encoder_dim: width ``e`` of the encoder tokens.
+        grid_size: patch grid ``(gh, gw)`` of the encoder; need not be square.
+        num_prefix_tokens: encoder tokens before the patches (0 for none).
+        dim, depth, num_heads, mlp_ratio: decoder transformer (paper: 512, 8, 16, 4).
+        num_queries: number ``q`` of query tokens, one Gaussian each (paper: 256).
+    """
+
+    def __init__(
+        self,
+        encoder_dim: int,
+        *,
+        grid_size: tuple[int, int],
+        num_prefix_tokens: int = 1,
+        dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_queries: int = 256,
+    ) -> None:
+        super().__init__()
+        if num_prefix_tokens < 0:
+            raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+        if num_queries < 1 or depth < 0:
+            raise ValueError(f"need num_queries >= 1 and depth >= 0, got {num_queries}, {depth}")
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.encoder_dim = encoder_dim
+        self.grid_size = tuple(grid_size)
+        self.num_patches = grid_size[0] * grid_size[1]
+        self.num_prefix_tokens = num_prefix_tokens
+        self.dim = dim
+        self.num_queries = num_queries
+
+        self.embed = nn.Linear(encoder_dim, dim)
+        # Fixed, so a buffer; not saved, since it is a function of the grid.
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(dim, self.grid_size), persistent=False
+        )
+        self.query_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.query_embed = nn.Parameter(torch.zeros(1, num_queries, dim))
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.Sequential(
+            *[
+                Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+                for _ in range(depth)
+            ]
+        )
+        self.norm = norm_layer(dim)
+
+        nn.init.normal_(self.query_token, std=0.02)
+        nn.init.normal_(self.query_embed, std=0.02)
+        self.embed.apply(init_like_mae)
+        self.blocks.apply(init_like_mae)
+        self.norm.apply(init_like_mae)
+
+    @typecheck
+    def forward(
+        self, latent: Float[Tensor, "b t e"], ids_keep: Int[Tensor, "b v"]
+    ) -> Float[Tensor, "b q dim"]:
+        """Query outputs ``[b num_queries dim]``.
+
+        Args:
+            latent: encoder output ``[b prefix+v e]``, prefix tokens first.
+            ids_keep: row-major patch index of each of the ``v`` visible tokens, in ``[0, gh*gw)``.
+        """
+        batch, num_tokens, width = latent.shape
+        num_visible = ids_keep.shape[1]
+        if width != self.encoder_dim:
+            raise ValueError(
+                f"latent has width {width}, expected encoder_dim={self.encoder_dim}"
+            )
+        if num_tokens != self.num_prefix_tokens + num_visible:
+            raise ValueError(
+                f"latent has {num_tokens} tokens but num_prefix_tokens={self.num_prefix_tokens} "
+                f"+ ids_keep's {num_visible} visible patches = "
+                f"{self.num_prefix_tokens + num_visible}"
+            )
+        if num_visible > self.num_patches:
+            raise ValueError(
+                f"ids_keep has {num_visible} entries, more than the grid's "
+                f"{self.num_patches} patches"
+            )
+        tokens = self.embed(latent)
+        prefix, visible = tokens.split([self.num_prefix_tokens, num_visible], dim=1)
+        visible = visible + self.pos_embed[ids_keep]
+        queries = repeat(self.query_token + self.query_embed, "1 q d -> b q d", b=batch)
+        sequence = torch.cat([prefix, visible, queries], dim=1)
+        sequence = self.norm(self.blocks(sequence))
+        return sequence[:, -self.num_queries :]
+
+    def extra_repr(self) -> str:
+        return (
+            f"encoder_dim={self.encoder_dim}, grid_size={self.grid_size}, "
+            f"num_prefix_tokens={self.num_prefix_tokens}, num_queries={self.num_queries}"
+        )
+
+
+class DecoderOutput(NamedTuple):
+    """What :class:`GMAEDecoder` returns."""
+
+    image: Float[Tensor, "b c h w"]
+    """The render, in [0, 1] for colours in [0, 1] on a background in [0, 1]."""
+    gaussians: Gaussians
+    """``num_queries`` Gaussians per image, in the GMAE camera's scene coordinates."""
+
+
+class GMAEDecoder(nn.Module):
+    """The whole GMAE decoder: :class:`QueryDecoder`, :class:`GaussianHead`, :class:`SplatRenderer`.
+
+    A drop-in for the decoder of an MAE codebase: ``decoder(latent, ids_restore)`` takes what
+    MAE's ``forward_encoder`` returns (``latent [b prefix+k e]``, ``ids_restore [b l]``) and
+    renders ``[b c h w]`` images with :meth:`Camera.gmae` on a white background. Defaults are the
+    paper's (ViT-B/16): a 512-wide, 8-block, 16-head decoder, 256 Gaussians, ``max_scale`` 1/8.
+    The stable parts: :meth:`decode` (tokens to Gaussians) and :meth:`render`.
+
+    Args:
+        encoder_dim: width ``e`` of the encoder tokens.
+        img_size: ``(h, w)`` (or one int) of the images; fixes the camera and the patch grid.
+        patch_size: encoder patch size ``(ph, pw)`` (or one int); must divide ``img_size``.
+        num_prefix_tokens: encoder tokens before the patches (cls, registers).
+        dim, depth, num_heads, mlp_ratio, num_queries: see :class:`QueryDecoder`.
+        num_channels, max_scale, center_range, rotation: see :class:`GaussianHead`.
+        background: render background, see :class:`SplatRenderer` (white, as in the paper).
+        backend: render backend, "auto" (gsplat on CUDA when installed), "torch" or "gsplat".
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder_dim: int,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int | Sequence[int] = 16,
+        num_prefix_tokens: int = 1,
+        dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_queries: int = 256,
+        num_channels: int = 3,
+        max_scale: float = 1 / 8,
+        center_range: float = 1.0,
+        rotation: Rotation = "shoemake",
+        background: float | Sequence[float] | Tensor = 1.0,
+        backend: BackendName = "auto",
+    ) -> None:
+        super().__init__()
+        self.img_size = tuple(to_2tuple(img_size))
+        self.patch_size = tuple(to_2tuple(patch_size))
+        if len(self.img_size) != 2 or len(self.patch_size) != 2:
+            raise ValueError(
+                f"img_size and patch_size must be an int or (h, w), got {img_size}, {patch_size}"
+            )
+        (height, width), (patch_h, patch_w) = self.img_size, self.patch_size
+        if height % patch_h or width % patch_w:
+            raise ValueError(
+                f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}"
+            )
+        self.grid_size = (height // patch_h, width // patch_w)
+        self.query_decoder = QueryDecoder(
+            encoder_dim,
+            grid_size=self.grid_size,
+            num_prefix_tokens=num_prefix_tokens,
+            dim=dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_queries=num_queries,
+        )
+        self.head = GaussianHead(
+            dim,
+            num_channels=num_channels,
+            max_scale=max_scale,
+            center_range=center_range,
+            rotation=rotation,
+        )
+        self.renderer = SplatRenderer(
+            Camera.gmae(height, width), backend=backend, background=background
+        )
+
+    @property
+    def encoder_dim(self) -> int:
+        return self.query_decoder.encoder_dim
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.query_decoder.num_prefix_tokens
+
+    @property
+    def num_patches(self) -> int:
+        return self.query_decoder.num_patches
+
+    @typecheck
+    def decode(self, latent: Float[Tensor, "b t e"], ids_keep: Int[Tensor, "b v"]) -> Gaussians:
+        """Gaussians from the encoder's tokens ``[b prefix+v e]`` of the patches ``ids_keep``."""
+        return self.head(self.query_decoder(latent, ids_keep))
+
+    def render(self, gaussians: Gaussians) -> Float[Tensor, "b c h w"]:
+        """The image of ``gaussians`` under the GMAE camera, on the decoder's background."""
+        return self.renderer(gaussians).image
+
+    @typecheck
+    def forward(
+        self,
+        latent: Float[Tensor, "b t e"],
+        ids_restore: Int[Tensor, "b l"] | None = None,
+        *,
+        ids_keep: Int[Tensor, "b v"] | None = None,
+    ) -> DecoderOutput:
+        """Decode and render; give exactly one of ``ids_restore`` (MAE) or ``ids_keep``.
+
+        Args:
+            latent: encoder output ``[b prefix+v e]``, prefix tokens first.
+            ids_restore: MAE's ``ids_restore [b l]``; the visible patches are the first ``v``
+                of its inverse permutation (MAE's ``ids_shuffle``).
+            ids_keep: row-major index of each visible patch ``[b v]``, as
+                :class:`splathead.masking.PatchMask` holds it.
+        """
+        if (ids_restore is None) == (ids_keep is None):
+            raise ValueError("give exactly one of ids_restore (MAE's) or ids_keep")
+        if ids_restore is not None:
+            if ids_restore.shape[1] != self.num_patches:
+                raise ValueError(
+                    f"ids_restore has {ids_restore.shape[1]} columns, expected one per patch "
+                    f"({self.num_patches} for grid {self.grid_size}); pass visible patch "
+                    "indices as ids_keep=..."
+                )
+            num_visible = latent.shape[1] - self.num_prefix_tokens
+            ids_keep = torch.argsort(ids_restore, dim=1)[:, :num_visible]
+        gaussians = self.decode(latent, ids_keep)
+        return DecoderOutput(image=self.render(gaussians), gaussians=gaussians)

@@ -1,0 +1,218 @@
+import pytest
+import torch
+
+from splathead.decoder import DecoderOutput, GMAEDecoder, QueryDecoder
+from splathead.gaussians import Gaussians
+from splathead.masking import RandomMasking
+from splathead.pos_embed import sincos_pos_embed_2d
+
+ENCODER_DIM = 24
+
+
+def small_query_decoder(grid_size=(3, 5), num_prefix_tokens=1, num_queries=6) -> QueryDecoder:
+    torch.manual_seed(0)
+    return QueryDecoder(
+        ENCODER_DIM,
+        grid_size=grid_size,
+        num_prefix_tokens=num_prefix_tokens,
+        dim=32,
+        depth=2,
+        num_heads=4,
+        num_queries=num_queries,
+    ).eval()
+
+
+def small_gmae_decoder(img_size=(16, 24), patch_size=8) -> GMAEDecoder:
+    torch.manual_seed(0)
+    return GMAEDecoder(
+        encoder_dim=ENCODER_DIM,
+        img_size=img_size,
+        patch_size=patch_size,
+        dim=32,
+        depth=1,
+        num_heads=4,
+        num_queries=8,
+        backend="torch",
+    ).eval()
+
+
+def visible_inputs(num_prefix_tokens, num_patches, ratio=0.6, batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    patch_mask = RandomMasking(ratio)(batch, num_patches, generator=generator)
+    num_tokens = num_prefix_tokens + patch_mask.num_kept
+    latent = torch.randn(batch, num_tokens, ENCODER_DIM, generator=generator)
+    return latent, patch_mask
+
+
+def decoder_input(decoder: torch.nn.Module) -> list[torch.Tensor]:
+    """Capture the sequence entering the transformer blocks on the next call."""
+    captured = []
+    decoder.blocks.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    return captured
+
+
+@pytest.mark.parametrize("grid_size", [(4, 4), (3, 5), (6, 2)])
+@pytest.mark.parametrize("num_prefix_tokens", [0, 1, 5])
+def test_query_decoder_returns_one_output_per_query(grid_size, num_prefix_tokens):
+    decoder = small_query_decoder(grid_size, num_prefix_tokens, num_queries=6)
+    latent, patch_mask = visible_inputs(num_prefix_tokens, grid_size[0] * grid_size[1])
+    assert decoder(latent, patch_mask.ids_keep).shape == (2, 6, 32)
+
+
+def test_sequence_is_prefix_then_positioned_visible_tokens_then_queries():
+    decoder = small_query_decoder(num_prefix_tokens=2)
+    latent, patch_mask = visible_inputs(2, 15)
+    captured = decoder_input(decoder)
+    decoder(latent, patch_mask.ids_keep)
+    sequence = captured[0]
+    projected = decoder.embed(latent)
+    positions = sincos_pos_embed_2d(32, (3, 5))[patch_mask.ids_keep]
+    num_visible = patch_mask.num_kept
+    assert sequence.shape == (2, 2 + num_visible + 6, 32)
+    torch.testing.assert_close(sequence[:, :2], projected[:, :2])  # prefix: no position
+    torch.testing.assert_close(sequence[:, 2 : 2 + num_visible], projected[:, 2:] + positions)
+    queries = (decoder.query_token + decoder.query_embed).expand(2, -1, -1)
+    torch.testing.assert_close(sequence[:, 2 + num_visible :], queries)
+
+
+def test_query_outputs_do_not_depend_on_the_order_of_visible_tokens():
+    decoder = small_query_decoder()
+    latent, patch_mask = visible_inputs(1, 15)
+    permutation = torch.randperm(patch_mask.num_kept, generator=torch.Generator().manual_seed(3))
+    permuted_latent = torch.cat([latent[:, :1], latent[:, 1:][:, permutation]], dim=1)
+    permuted_ids = patch_mask.ids_keep[:, permutation]
+    torch.testing.assert_close(
+        decoder(permuted_latent, permuted_ids), decoder(latent, patch_mask.ids_keep)
+    )
+
+
+def test_query_outputs_depend_on_which_patches_are_visible():
+    decoder = small_query_decoder()
+    latent, patch_mask = visible_inputs(1, 15)
+    shifted_ids = (patch_mask.ids_keep + 1) % 15
+    assert not torch.allclose(decoder(latent, shifted_ids), decoder(latent, patch_mask.ids_keep))
+
+
+def test_queries_start_as_shared_token_plus_own_embedding_of_std_002():
+    decoder = QueryDecoder(ENCODER_DIM, grid_size=(14, 14), dim=512, depth=0, num_heads=16)
+    assert decoder.query_token.shape == (1, 1, 512)
+    assert decoder.query_embed.shape == (1, 256, 512)
+    for parameter in (decoder.query_token, decoder.query_embed):
+        assert parameter.requires_grad
+        assert 0.015 < parameter.std().item() < 0.025
+
+
+def test_query_decoder_positions_are_fixed_buffers_not_parameters():
+    decoder = small_query_decoder()
+    assert "pos_embed" not in dict(decoder.named_parameters())
+    assert "pos_embed" not in decoder.state_dict()
+    torch.testing.assert_close(decoder.pos_embed, sincos_pos_embed_2d(32, (3, 5)))
+
+
+def test_query_decoder_rejects_latent_and_ids_keep_of_different_lengths():
+    decoder = small_query_decoder()
+    latent, patch_mask = visible_inputs(1, 15)
+    with pytest.raises(ValueError, match="num_prefix_tokens=1"):
+        decoder(latent[:, :-1], patch_mask.ids_keep)
+
+
+def test_query_decoder_rejects_latent_of_the_wrong_width():
+    decoder = small_query_decoder()
+    latent, patch_mask = visible_inputs(1, 15)
+    with pytest.raises(ValueError, match=f"encoder_dim={ENCODER_DIM}"):
+        decoder(latent[..., :-1], patch_mask.ids_keep)
+
+
+def test_query_decoder_rejects_ids_of_another_batch_size():
+    decoder = small_query_decoder()
+    latent, patch_mask = visible_inputs(1, 15)
+    with pytest.raises(TypeError, match="ids_keep"):
+        decoder(latent, patch_mask.ids_keep[:1])
+
+
+def test_query_decoder_rejects_dim_not_divisible_by_heads():
+    with pytest.raises(ValueError, match="num_heads"):
+        QueryDecoder(ENCODER_DIM, grid_size=(2, 2), dim=30, num_heads=4)
+
+
+@pytest.mark.parametrize("img_size", [(16, 24), (32, 16)])
+def test_gmae_decoder_renders_images_in_unit_range(img_size):
+    decoder = small_gmae_decoder(img_size=img_size)
+    latent, patch_mask = visible_inputs(1, decoder.num_patches)
+    output = decoder(latent, patch_mask.ids_restore)
+    assert isinstance(output, DecoderOutput)
+    assert isinstance(output.gaussians, Gaussians)
+    assert output.image.shape == (2, 3, *img_size)
+    assert output.gaussians.num_gaussians == 8
+    assert output.image.min() >= 0 and output.image.max() <= 1
+
+
+def test_gmae_decoder_ids_restore_and_ids_keep_give_the_same_render():
+    decoder = small_gmae_decoder()
+    latent, patch_mask = visible_inputs(1, decoder.num_patches)
+    from_restore = decoder(latent, patch_mask.ids_restore)
+    from_keep = decoder(latent, ids_keep=patch_mask.ids_keep)
+    torch.testing.assert_close(from_restore.image, from_keep.image)
+
+
+def test_gmae_decoder_accepts_maes_own_random_masking_output():
+    decoder = small_gmae_decoder()
+    noise = torch.rand(2, decoder.num_patches)
+    # MAE's random_masking, as published.
+    num_kept = int(decoder.num_patches * (1 - 0.5))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :num_kept]
+    latent = torch.randn(2, 1 + num_kept, ENCODER_DIM)
+    torch.testing.assert_close(
+        decoder(latent, ids_restore).image, decoder(latent, ids_keep=ids_keep).image
+    )
+
+
+def test_gmae_decoder_decode_then_render_equals_forward():
+    decoder = small_gmae_decoder()
+    latent, patch_mask = visible_inputs(1, decoder.num_patches)
+    gaussians = decoder.decode(latent, patch_mask.ids_keep)
+    torch.testing.assert_close(
+        decoder.render(gaussians), decoder(latent, ids_keep=patch_mask.ids_keep).image
+    )
+
+
+def test_gmae_decoder_background_is_white_where_nothing_is_drawn():
+    decoder = small_gmae_decoder()
+    latent, patch_mask = visible_inputs(1, decoder.num_patches)
+    gaussians = decoder.decode(latent, patch_mask.ids_keep)
+    invisible = gaussians.replace(opacities=torch.zeros_like(gaussians.opacities))
+    torch.testing.assert_close(decoder.render(invisible), torch.ones(2, 3, 16, 24))
+
+
+def test_gmae_decoder_needs_exactly_one_index_format():
+    decoder = small_gmae_decoder()
+    latent, patch_mask = visible_inputs(1, decoder.num_patches)
+    with pytest.raises(ValueError, match="exactly one"):
+        decoder(latent)
+    with pytest.raises(ValueError, match="exactly one"):
+        decoder(latent, patch_mask.ids_restore, ids_keep=patch_mask.ids_keep)
+
+
+def test_gmae_decoder_points_to_ids_keep_when_given_visible_indices_as_ids_restore():
+    decoder = small_gmae_decoder()
+    latent, patch_mask = visible_inputs(1, decoder.num_patches)
+    with pytest.raises(ValueError, match="ids_keep="):
+        decoder(latent, patch_mask.ids_keep)
+
+
+def test_gmae_decoder_rejects_image_size_not_divisible_by_patch_size():
+    with pytest.raises(ValueError, match="not divisible"):
+        GMAEDecoder(encoder_dim=ENCODER_DIM, img_size=(20, 24), patch_size=8)
+
+
+def test_gmae_decoder_gradients_reach_every_parameter():
+    decoder = small_gmae_decoder().train()
+    latent, patch_mask = visible_inputs(1, decoder.num_patches)
+    latent.requires_grad_(True)
+    decoder(latent, patch_mask.ids_restore).image.mean().backward()
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    for name, parameter in decoder.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name

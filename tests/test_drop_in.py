@@ -1,0 +1,187 @@
+"""docs/drop_in.md: its code turns an MAE-structured model into a GMAE that trains unchanged.
+
+The doc's python block runs as written, against a small model with the structure and the
+interface of MAE's ``models_mae.MaskedAutoencoderViT`` (written here from MAE's published
+algorithm) standing in for ``models_mae``.
+"""
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from timm.models.vision_transformer import Block, PatchEmbed
+from torch import nn
+
+from splathead.decoder import GMAEDecoder
+from splathead.pos_embed import sincos_pos_embed_2d
+
+DOC = Path(__file__).parent.parent / "docs" / "drop_in.md"
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """MAE's model, small: ViT encoder on visible patches, pixel decoder, normalised-pixel loss."""
+
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        in_chans=3,
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        mlp_ratio=4.0,
+        norm_layer=nn.LayerNorm,
+        norm_pix_loss=False,
+    ):
+        super().__init__()
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        grid_size = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
+        table = sincos_pos_embed_2d(embed_dim, grid_size, num_prefix_tokens=1)
+        self.pos_embed = nn.Parameter(table[None], requires_grad=False)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(depth)
+        )
+        self.norm = norm_layer(embed_dim)
+
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        table = sincos_pos_embed_2d(decoder_embed_dim, grid_size, num_prefix_tokens=1)
+        self.decoder_pos_embed = nn.Parameter(table[None], requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True)
+            for _ in range(decoder_depth)
+        )
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self.norm_pix_loss = norm_pix_loss
+
+    def random_masking(self, x, mask_ratio):
+        batch_size, num_patches, dim = x.shape
+        num_kept = int(num_patches * (1 - mask_ratio))
+        noise = torch.rand(batch_size, num_patches, device=x.device)
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :num_kept]
+        x_masked = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, dim))
+        mask = torch.ones(batch_size, num_patches, device=x.device)
+        mask[:, :num_kept] = 0
+        return x_masked, torch.gather(mask, 1, ids_restore), ids_restore
+
+    def forward_encoder(self, x, mask_ratio):
+        x = self.patch_embed(x) + self.pos_embed[:, 1:]
+        x, mask, ids_restore = self.random_masking(x, mask_ratio)
+        cls_token = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls_token, x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x), mask, ids_restore
+
+    def forward_decoder(self, x, ids_restore):
+        x = self.decoder_embed(x)
+        hidden = self.mask_token.expand(x.shape[0], ids_restore.shape[1] + 1 - x.shape[1], -1)
+        patches = torch.cat([x[:, 1:], hidden], dim=1)
+        patches = torch.gather(patches, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def forward_loss(self, imgs, pred, mask):
+        patch = self.patch_embed.patch_size[0]
+        target = imgs.unfold(2, patch, patch).unfold(3, patch, patch)  # b c gh gw p p
+        target = target.permute(0, 2, 3, 4, 5, 1).flatten(3).flatten(1, 2)
+        loss = ((pred - target) ** 2).mean(dim=-1)
+        return (loss * mask).sum() / mask.sum()
+
+    def forward(self, imgs, mask_ratio=0.75):
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio)
+        pred = self.forward_decoder(latent, ids_restore)
+        return self.forward_loss(imgs, pred, mask), pred, mask
+
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+TINY_DECODER = dict(dim=32, depth=1, num_heads=2, num_queries=16, backend="torch")
+
+
+def python_block(markdown: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", markdown, flags=re.DOTALL)
+    assert len(blocks) == 1, "drop_in.md should hold exactly one python block (the code)"
+    return blocks[0]
+
+
+@pytest.fixture
+def models_gmae(monkeypatch):
+    """The doc's code, run as the module ``models_gmae`` on top of our ``models_mae``."""
+    models_mae = types.ModuleType("models_mae")
+    models_mae.MaskedAutoencoderViT = MaskedAutoencoderViT
+    monkeypatch.setitem(sys.modules, "models_mae", models_mae)
+    module = types.ModuleType("models_gmae")
+    exec(compile(python_block(DOC.read_text()), str(DOC), "exec"), module.__dict__)
+    return module
+
+
+def normalised_images(batch_size, size=32):
+    rgb = torch.rand(batch_size, 3, size, size)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    return (rgb - mean) / std
+
+
+def test_gmae_from_the_doc_trains_a_step_in_mae_training_loop(models_gmae):
+    torch.manual_seed(0)
+    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    loss, image, mask = model(normalised_images(2), mask_ratio=0.75)  # MAE's loop line
+    loss.backward()
+    optimizer.step()
+
+    assert torch.isfinite(loss)
+    assert image.shape == (2, 3, 32, 32)
+    assert image.min() >= 0 and image.max() <= 1
+    assert mask.shape == (2, 16) and mask.sum(dim=1).tolist() == [12, 12]
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert any(name.startswith("blocks.") for name in changed)
+    assert any(name.startswith("gmae_decoder.") for name in changed)
+
+
+def test_gmae_from_the_doc_has_no_mae_pixel_decoder_left(models_gmae):
+    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    names = [name for name, _ in model.named_parameters()]
+    assert not any(name.startswith(("decoder_", "mask_token")) for name in names)
+    encoder_names = {name for name, _ in MaskedAutoencoderViT(**TINY).named_parameters()}
+    assert {name for name in names if not name.startswith("gmae_decoder.")} <= encoder_names
+
+
+def test_gmae_from_the_doc_keeps_the_mae_checkpoint_names_of_the_encoder(models_gmae):
+    # MAE's fine-tuning loads the encoder by name with strict=False.
+    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    state = model.state_dict()
+    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight"} <= state.keys()
+    assert not {"mean", "std"} & state.keys()
+
+
+def test_decoder_reads_mae_ids_restore_as_the_visible_patches_in_latent_order():
+    mae = MaskedAutoencoderViT(**TINY).eval()
+    decoder = GMAEDecoder(encoder_dim=32, img_size=32, patch_size=8, **TINY_DECODER).eval()
+    images = normalised_images(2)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        latent, _, ids_restore = mae.forward_encoder(images, 0.75)
+        torch.manual_seed(0)
+        ids_keep = torch.argsort(torch.rand(2, 16), dim=1)[:, :4]  # what MAE's masking kept
+        from_mae = decoder(latent, ids_restore)
+        from_ids_keep = decoder(latent, ids_keep=ids_keep)
+        shuffled = decoder(latent, ids_keep=ids_keep.flip(1))
+    torch.testing.assert_close(from_mae.image, from_ids_keep.image)
+    torch.testing.assert_close(from_mae.gaussians.means, from_ids_keep.gaussians.means)
+    assert not torch.allclose(from_mae.gaussians.means, shuffled.gaussians.means)

@@ -1,0 +1,141 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from splathead.gaussians import Gaussians
+from splathead.head import GaussianHead, shoemake_quaternion
+
+magnitudes = st.floats(min_value=-2.0, max_value=4.0)  # log10 of the input scale: 0.01 .. 1e4
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+def random_tokens(seed: int, log_magnitude: float, shape=(2, 5, 16)) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator) * 10**log_magnitude
+
+
+def test_rgb_head_is_one_bias_free_linear_with_14_outputs():
+    head = GaussianHead(32)
+    linears = [module for module in head.modules() if isinstance(module, torch.nn.Linear)]
+    assert len(linears) == 1
+    assert linears[0].bias is None
+    assert linears[0].weight.shape == (14, 32)
+
+
+@pytest.mark.parametrize("num_channels", [1, 3, 8])
+def test_head_outputs_11_plus_channels_and_gaussians_of_that_width(num_channels):
+    head = GaussianHead(16, num_channels=num_channels)
+    gaussians = head(torch.randn(2, 7, 16))
+    assert head.proj.weight.shape[0] == 11 + num_channels
+    assert isinstance(gaussians, Gaussians)
+    assert gaussians.colors.shape == (2, 7, num_channels)
+    assert gaussians.means.shape == gaussians.scales.shape == (2, 7, 3)
+    assert gaussians.quats.shape == (2, 7, 4)
+    assert gaussians.opacities.shape == (2, 7)
+
+
+@given(seed=seeds, log_magnitude=magnitudes)
+def test_shoemake_quaternion_has_unit_norm(seed, log_magnitude):
+    quats = shoemake_quaternion(random_tokens(seed, log_magnitude, shape=(64, 3)))
+    torch.testing.assert_close(quats.norm(dim=-1), torch.ones(64), atol=1e-5, rtol=0)
+
+
+def test_shoemake_quaternion_follows_the_papers_formula():
+    logits = torch.randn(100, 3, dtype=torch.float64) * 3
+    u, v, w = torch.sigmoid(logits).unbind(-1)
+    expected = torch.stack(
+        [
+            torch.sqrt(1 - u) * torch.sin(2 * math.pi * v),
+            torch.sqrt(1 - u) * torch.cos(2 * math.pi * v),
+            torch.sqrt(u) * torch.sin(2 * math.pi * w),
+            torch.sqrt(u) * torch.cos(2 * math.pi * w),
+        ],
+        dim=-1,
+    )
+    torch.testing.assert_close(shoemake_quaternion(logits), expected)
+
+
+def test_shoemake_quaternion_gradient_is_finite_where_sigmoid_saturates():
+    logits = torch.tensor([[-200.0, 0.3, -0.2], [200.0, 1.0, 2.0], [0.0, -300.0, 300.0]])
+    logits.requires_grad_(True)
+    shoemake_quaternion(logits).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@given(seed=seeds, log_magnitude=magnitudes)
+def test_head_outputs_lie_in_their_documented_ranges(seed, log_magnitude):
+    head = GaussianHead(16, max_scale=0.25, center_range=2.0)
+    gaussians = head(random_tokens(seed, log_magnitude))
+    assert gaussians.means.abs().max() <= 2.0
+    assert gaussians.scales.min() >= 0 and gaussians.scales.max() <= 0.25
+    assert gaussians.colors.min() >= 0 and gaussians.colors.max() <= 1
+    assert gaussians.opacities.min() >= 0 and gaussians.opacities.max() <= 1
+    torch.testing.assert_close(
+        gaussians.quats.norm(dim=-1), torch.ones(2, 5), atol=1e-5, rtol=0
+    )
+    gaussians.validate()
+
+
+def test_head_applies_the_papers_activations_to_the_linear_outputs():
+    head = GaussianHead(16, max_scale=0.5, center_range=1.5)
+    tokens = torch.randn(1, 4, 16)
+    raw = tokens @ head.proj.weight.T
+    gaussians = head(tokens)
+    torch.testing.assert_close(gaussians.means, 1.5 * 2 * (torch.sigmoid(raw[..., 0:3]) - 0.5))
+    torch.testing.assert_close(gaussians.scales, 0.5 * torch.sigmoid(raw[..., 3:6]))
+    torch.testing.assert_close(gaussians.quats, shoemake_quaternion(raw[..., 6:9]))
+    torch.testing.assert_close(gaussians.colors, torch.sigmoid(raw[..., 10:13]))
+    torch.testing.assert_close(gaussians.opacities, torch.sigmoid(raw[..., 13]))
+
+
+def test_shoemake_head_ignores_the_fourth_rotation_output():
+    head = GaussianHead(16)
+    tokens = torch.randn(1, 4, 16)
+    before = head(tokens)
+    with torch.no_grad():
+        head.proj.weight[9] += 5.0
+    torch.testing.assert_close(head(tokens).quats, before.quats)
+
+
+def test_quaternion_rotation_normalises_all_four_raw_outputs():
+    head = GaussianHead(16, rotation="quaternion")
+    tokens = torch.randn(1, 4, 16)
+    raw = (tokens @ head.proj.weight.T)[..., 6:10]
+    torch.testing.assert_close(head(tokens).quats, raw / raw.norm(dim=-1, keepdim=True))
+
+
+def test_head_computes_in_float32_under_bfloat16_autocast():
+    head = GaussianHead(16)
+    tokens = torch.randn(1, 4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_gaussians = head(tokens)
+    assert autocast_gaussians.dtype == torch.float32
+    torch.testing.assert_close(autocast_gaussians.means, head(tokens).means)
+
+
+def test_head_outputs_float32_for_bfloat16_tokens():
+    head = GaussianHead(16).to(torch.bfloat16)
+    gaussians = head(torch.randn(1, 4, 16, dtype=torch.bfloat16))
+    assert gaussians.dtype == torch.float32
+
+
+def test_head_rejects_tokens_of_the_wrong_width():
+    with pytest.raises(ValueError, match="width 16"):
+        GaussianHead(16)(torch.randn(1, 4, 8))
+
+
+def test_head_rejects_tokens_without_a_batch_dimension():
+    with pytest.raises(TypeError, match="tokens"):
+        GaussianHead(16)(torch.randn(4, 16))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(max_scale=0.0), dict(center_range=-1.0), dict(num_channels=0), dict(rotation="euler")],
+)
+def test_head_rejects_bad_configuration(kwargs):
+    with pytest.raises(ValueError):
+        GaussianHead(16, **kwargs)
