@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from splathead.adapters.base import patch_grid
 from splathead.masking import gather_tokens
 from splathead.typing import Float, Int, Tensor, typecheck
 
@@ -39,12 +40,7 @@ class HFDinov2Encoder(nn.Module):
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(gh, gw)`` for ``height x width`` images (each divisible by the patch)."""
-        patch_height, patch_width = self.patch_size
-        if height % patch_height or width % patch_width:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by the patch size {self.patch_size}"
-            )
-        return height // patch_height, width // patch_width
+        return patch_grid(height, width, self.patch_size)
 
     @typecheck
     def forward(

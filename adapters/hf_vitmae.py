@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from splathead.adapters.base import patch_grid
 from splathead.masking import gather_tokens
 from splathead.typing import Float, Int, Tensor, typecheck
 
@@ -59,12 +60,7 @@ class HFViTMAEEncoder(nn.Module):
                 f"images are {height}x{width} but the model was built for {built_for[0]}x"
                 f"{built_for[1]}; pass interpolate_pos_encoding=True to resample the positions"
             )
-        patch_height, patch_width = self.patch_size
-        if height % patch_height or width % patch_width:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by the patch size {self.patch_size}"
-            )
-        return height // patch_height, width // patch_width
+        return patch_grid(height, width, self.patch_size)
 
     @typecheck
     def forward(

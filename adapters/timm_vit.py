@@ -7,6 +7,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from splathead.adapters.base import patch_grid
 from splathead.masking import gather_tokens
 from splathead.typing import Float, Int, Tensor, typecheck
 
@@ -78,7 +79,6 @@ class TimmViTEncoder(nn.Module):
         with ``dynamic_img_pad``.
         """
         patch_embed = self.vit.patch_embed
-        patch_height, patch_width = self.patch_size
         if not self.vit.dynamic_img_size:
             if (height, width) != tuple(patch_embed.img_size):
                 built_height, built_width = patch_embed.img_size
@@ -88,11 +88,8 @@ class TimmViTEncoder(nn.Module):
                     f"({height}, {width}) or dynamic_img_size=True"
                 )
             return tuple(patch_embed.grid_size)
-        if not patch_embed.dynamic_img_pad and (height % patch_height or width % patch_width):
-            raise ValueError(
-                f"images are {height}x{width} pixels, not divisible by the "
-                f"{patch_height}x{patch_width} patch size"
-            )
+        if not patch_embed.dynamic_img_pad:
+            return patch_grid(height, width, self.patch_size)
         return tuple(patch_embed.dynamic_feat_size((height, width)))
 
     @typecheck

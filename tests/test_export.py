@@ -1,7 +1,6 @@
 """export_timm / export_hf: checkpoints others load with timm or transformers, offline."""
 
 import json
-import socket
 
 import pytest
 import timm
@@ -21,14 +20,6 @@ TIMM_BACKBONES = [
         id="dinov2-reg4",
     ),
 ]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def create(name, overrides, **kwargs):

@@ -1,6 +1,5 @@
 """timm DINO and DINOv2 ViTs through TimmViTEncoder: registers, patch 14, other image sizes."""
 
-import socket
 
 import pytest
 import timm
@@ -46,14 +45,6 @@ def key_mask(ids_keep, num_prefix_tokens, num_patches):
     visible = torch.zeros(batch_size, num_patches, dtype=torch.bool).scatter_(1, ids_keep, True)
     prefix = torch.ones(batch_size, num_prefix_tokens, dtype=torch.bool)
     return torch.cat([prefix, visible], dim=1)[:, None, None, :]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def test_create_model_without_pretrained_weights_is_offline(no_network):
