@@ -12,6 +12,7 @@ from timm.layers import to_2tuple
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from splathead.adapters.base import patch_grid
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.head import GaussianHead, Rotation
@@ -196,12 +197,8 @@ class GMAEDecoder(nn.Module):
             raise ValueError(
                 f"img_size and patch_size must be an int or (h, w), got {img_size}, {patch_size}"
             )
-        (height, width), (patch_h, patch_w) = self.img_size, self.patch_size
-        if height % patch_h or width % patch_w:
-            raise ValueError(
-                f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}"
-            )
-        self.grid_size = (height // patch_h, width // patch_w)
+        height, width = self.img_size
+        self.grid_size = patch_grid(height, width, self.patch_size)
         self.query_decoder = QueryDecoder(
             encoder_dim,
             grid_size=self.grid_size,
