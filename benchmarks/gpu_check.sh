@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The prepared GPU check: CUDA tests and renderer benchmarks on one lent GPU machine.
+#
+#   carry: [".whl"]   (gsplat-1.5.3 and beartype wheels, see below)
+#   command: bash benchmarks/gpu_check.sh
+#
+# The machine has Python 3.12, torch 2.11, timm, einops, jaxtyping, hypothesis, transformers and
+# scikit-image, but neither beartype nor gsplat: both travel as wheels in .whl/ (download here with
+# `pip download --no-deps gsplat==1.5.3 beartype==0.23.1 -d .whl`). gsplat compiles its CUDA
+# sources on first use (about a minute with 16 jobs). Every step runs even if an earlier one
+# failed; the summary table comes last, and logs land in $OUT when it is set.
+#
+# To add a benchmark, append one `step` line at the end, e.g.
+#   step "train step" python3 benchmarks/train_step.py --device cuda
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+LOGS="${OUT:-/tmp/gpu_check}"
+mkdir -p "$LOGS"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+SUMMARY=()
+
+step() {  # step NAME COMMAND...: run, log to $LOGS/<name>.log, record status and seconds
+    local name="$1"; shift
+    local log="$LOGS/$(echo "$name" | tr -c 'a-zA-Z0-9_.\n-' '_').log"
+    local start=$SECONDS
+    echo "=== $name: $*"
+    "$@" 2>&1 | tee "$log"
+    local status=${PIPESTATUS[0]}
+    SUMMARY+=("| $name | $([ "$status" = 0 ] && echo ok || echo "FAILED ($status)") | $((SECONDS - start)) s |")
+}
+
+step "install wheels" python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/gsplat-1.5.3-py3-none-any.whl .whl/beartype-*.whl
+# The installed layout without a build step (that machine is offline): splathead/ with the
+# top-level adapters/ folder inside it as splathead.adapters, as pyproject.toml maps it.
+rm -rf /tmp/src && mkdir -p /tmp/src && cp -r splathead /tmp/src/ && cp -r adapters /tmp/src/splathead/
+export PYTHONPATH="/tmp/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+step "environment" python3 -c "import torch, gsplat, beartype; print('torch', torch.__version__, \
+'| gsplat', gsplat.__version__, '|', torch.cuda.get_device_name())"
+step "pytest -m cuda" python3 -m pytest -m cuda -p no:cacheprovider -q -ra tests
+step "render benchmark" python3 benchmarks/render.py --device cuda --configs 256x256x224 \
+    --backends torch,gsplat --repeats 5
+
+echo
+echo "| step | status | time |"
+echo "|---|---|---:|"
+printf '%s\n' "${SUMMARY[@]}"
+grep -h '^| [0-9]' "$LOGS"/render_benchmark.log 2>/dev/null | sed 's/^/render: /'
