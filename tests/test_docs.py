@@ -1,0 +1,28 @@
+"""The usage examples in the README and docs run as written."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def run(code: str, filename: str) -> dict:
+    namespace: dict = {}
+    exec(compile(code, filename, "exec"), namespace)
+    return namespace
+
+
+def test_readme_usage_example_runs(capsys):
+    run(python_blocks(ROOT / "README.md")[0], "README.md")
+    assert capsys.readouterr().out.startswith("torch torch.Size([2, 3, 224, 224])")
+
+
+def test_renderer_doc_example_runs():
+    namespace = run(python_blocks(ROOT / "docs/renderer.md")[0], "docs/renderer.md")
+    out = namespace["out"]
+    assert out.image.shape == (2, 3, 64, 64)
+    assert out.depth.shape == (2, 1, 64, 64)
