@@ -41,9 +41,13 @@ step "environment" python3 -c "import torch, gsplat, beartype; print('torch', to
 step "pytest -m cuda" python3 -m pytest -m cuda -p no:cacheprovider -q -ra tests
 step "render benchmark" python3 benchmarks/render.py --device cuda --configs 256x256x224 \
     --backends torch,gsplat --repeats 5
+step "train step" python3 benchmarks/train_step.py --config base --batch 256 --device cuda --profile
+step "train step compiled" python3 benchmarks/train_step.py --config base --batch 256 --device cuda \
+    --compile
 
 echo
 echo "| step | status | time |"
 echo "|---|---|---:|"
 printf '%s\n' "${SUMMARY[@]}"
 grep -h '^| [0-9]' "$LOGS"/render_benchmark.log 2>/dev/null | sed 's/^/render: /'
+grep -h '^| \(MAE\|GMAE\)' "$LOGS"/train_step*.log 2>/dev/null | sed 's/^/train: /'

@@ -217,9 +217,10 @@ def benchmark_loader(args: argparse.Namespace) -> None:
             config = Config(data_path=root, num_workers=workers, batch_size=32)
             dataset = build_dataset(config)
             loader, _ = build_loader(config, dataset, rank=0, world_size=1, pin_memory=False)
-            next(iter(loader))  # start the workers
+            batches = iter(loader)
+            next(batches)  # workers started and warm; their prefetch is at most a few batches
             start = time.perf_counter()
-            count = sum(batch.images.shape[0] for batch in loader)
+            count = sum(batch.images.shape[0] for batch in batches)
             rate = count / (time.perf_counter() - start)
             print(f"| {workers} | {rate:.0f} | {rate / max(workers, 1):.0f} |")
 
@@ -238,7 +239,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="torch.profiler forward ranges")
     parser.add_argument("--dataloader", action="store_true", help="measure the input pipeline")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--num-images", type=int, default=256)
+    parser.add_argument("--num-images", type=int, default=512)
     args = parser.parse_args()
     if args.dataloader:
         benchmark_loader(args)

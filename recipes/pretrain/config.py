@@ -1,0 +1,242 @@
+"""The pretraining configuration: one dataclass, two presets, a command line derived from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+IMAGENET_TRAIN_SIZE = 1_281_167
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a pretraining run. Defaults are the paper's (DESIGN.md section 5)."""
+
+    # Model.
+    model: str = _opt("gmae_vit_base_patch16", "factory in the splathead package")
+    img_size: int = _opt(224, "input resolution in pixels")
+    num_gaussians: int = _opt(256, "Gaussians per image (decoder queries)")
+    max_scale: float = _opt(0.125, "largest Gaussian std in scene units (paper c = 1: 1/8)")
+    mask_ratio: float = _opt(0.75, "fraction of patches hidden from the encoder, in (0, 1)")
+    render_backend: Literal["auto", "torch", "gsplat"] = _opt("auto", "splatting backend")
+
+    # Data.
+    dataset: Literal["imagefolder", "photos", "synthetic"] = _opt(
+        "imagefolder",
+        "imagefolder: <data-path>/train/<class>/*.JPEG; photos: scikit-image's bundled photos; "
+        "synthetic: random tensors (throughput runs)",
+    )
+    data_path: str | None = _opt(None, "ImageNet root holding train/ (dataset imagefolder)")
+    samples_per_epoch: int = _opt(
+        IMAGENET_TRAIN_SIZE, "epoch length for the photos and synthetic datasets"
+    )
+    crop_scale: tuple[float, float] = _opt((0.08, 1.0), "RandomResizedCrop area range")
+    hflip: bool = _opt(True, "random horizontal flips")
+    num_workers: int = _opt(10, "data loader processes per GPU")
+    pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
+
+    # Optimisation.
+    batch_size: int = _opt(1024, "global batch: world size x per-GPU batch x accum steps")
+    accum_steps: int = _opt(1, "gradient accumulation steps per optimiser step")
+    blr: float = _opt(1e-4, "base learning rate; lr = blr x batch_size / 256")
+    lr: float | None = _opt(None, "absolute learning rate (overrides blr)")
+    min_lr: float = _opt(0.0, "learning rate at the end of the cosine")
+    warmup_epochs: float = _opt(5.0, "linear warmup length in epochs")
+    epochs: int = _opt(400, "training length in epochs")
+    weight_decay: float = _opt(0.05, "AdamW decay (not on biases, norms, 1-D params, tokens)")
+    betas: tuple[float, float] = _opt((0.9, 0.95), "AdamW betas")
+    clip_grad: float = _opt(2.0, "gradient-norm clip (0 turns it off)")
+    precision: Literal["bf16", "fp16", "fp32"] = _opt("bf16", "autocast dtype (fp32: none)")
+    compile: bool = _opt(False, "torch.compile the transformer blocks")
+
+    # System.
+    device: Literal["auto", "cuda", "cpu"] = _opt("auto", "auto: cuda when available")
+    backend: Literal["auto", "nccl", "gloo"] = _opt("auto", "auto: nccl on cuda, gloo on cpu")
+    seed: int = _opt(0, "seed for initialisation, data order, augmentation and masking")
+    output_dir: str = _opt("runs/gmae_vit_base_patch16", "checkpoints, metrics and images")
+
+    # Checkpoints.
+    checkpoint_every: int = _opt(1000, "steps between checkpoints (and at each epoch end)")
+    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep")
+    resume: str | None = _opt(None, "'auto' (newest readable in output-dir) or a file")
+    max_steps: int = _opt(0, "stop (with a checkpoint) after this many steps; 0: no limit")
+
+    # Logging.
+    log_every: int = _opt(20, "steps between metric records")
+    image_every: int = _opt(1000, "steps between PNG grids (0: never)")
+    num_images: int = _opt(8, "images per PNG grid")
+
+    @property
+    def learning_rate(self) -> float:
+        """Peak learning rate: ``lr`` if given, else ``blr * batch_size / 256``."""
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output_dir) / "checkpoints"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+PRESETS: dict[str, Config] = {
+    "paper": Config(),
+    # A tiny ViT on scikit-image's photos: a laptop CPU runs it in under 3 minutes.
+    "demo": Config(
+        model="gmae_vit_tiny",
+        img_size=64,
+        num_gaussians=64,
+        dataset="photos",
+        samples_per_epoch=256,
+        crop_scale=(0.2, 1.0),
+        num_workers=1,
+        batch_size=32,
+        lr=1e-3,
+        warmup_epochs=1.0,
+        epochs=6,
+        precision="fp32",
+        device="cpu",
+        output_dir="runs/demo",
+        checkpoint_every=24,
+        log_every=4,
+        image_every=16,
+    ),
+}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which flag to change."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate(config: Config, *, world_size: int, cuda_available: bool) -> None:
+    """Raise :class:`ConfigError` for any setting that would fail later, before training starts."""
+
+    def fail(message: str) -> None:
+        raise ConfigError(message)
+
+    hints = typing.get_type_hints(Config)
+    for spec in dataclasses.fields(Config):
+        choices = typing.get_args(hints[spec.name])
+        value = getattr(config, spec.name)
+        if typing.get_origin(hints[spec.name]) is Literal and value not in choices:
+            fail(f"{_flag(spec.name)} {value!r} is not one of {list(choices)}")
+
+    if config.dataset == "imagefolder":
+        if config.data_path is None:
+            fail("dataset imagefolder needs --data-path (ImageNet root holding train/), "
+                 "or use --dataset photos / --synthetic")
+        train = Path(config.data_path) / "train"
+        if not train.is_dir():
+            fail(f"--data-path {config.data_path}: expected class folders in {train}/<class>/")
+    if not 0 < config.mask_ratio < 1:
+        fail(f"--mask-ratio must lie in (0, 1), got {config.mask_ratio}")
+    if config.max_scale <= 0:
+        fail(f"--max-scale must be positive, got {config.max_scale}")
+    low, high = config.crop_scale
+    if not 0 < low <= high <= 1:
+        fail(f"--crop-scale needs 0 < min <= max <= 1, got {low} {high}")
+    for name in ("img_size", "num_gaussians", "batch_size", "accum_steps", "epochs",
+                 "samples_per_epoch", "log_every", "keep_checkpoints", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            fail(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
+    for name in ("num_workers", "max_steps", "image_every", "num_images", "warmup_epochs",
+                 "weight_decay", "clip_grad", "min_lr"):
+        if getattr(config, name) < 0:
+            fail(f"{_flag(name)} must be >= 0, got {getattr(config, name)}")
+    if config.learning_rate <= 0:
+        fail(f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)")
+    if not all(0 <= beta < 1 for beta in config.betas):
+        fail(f"--betas must lie in [0, 1), got {config.betas}")
+
+    per_step = world_size * config.accum_steps
+    if config.batch_size % per_step:
+        fail(f"--batch-size {config.batch_size} is not divisible by world size {world_size} x "
+             f"--accum-steps {config.accum_steps}; pick --accum-steps so that "
+             f"{config.batch_size} / ({world_size} x accum-steps) is a whole per-GPU batch")
+    if config.samples_per_epoch < config.batch_size and config.dataset != "imagefolder":
+        fail(f"--samples-per-epoch {config.samples_per_epoch} is below one --batch-size "
+             f"{config.batch_size}")
+
+    uses_cuda = config.device == "cuda" or (config.device == "auto" and cuda_available)
+    if config.device == "cuda" and not cuda_available:
+        fail("--device cuda but CUDA is not available; use --device cpu")
+    if config.backend == "nccl" and not uses_cuda:
+        fail("--backend nccl needs CUDA; use --backend gloo (or auto) on CPU")
+    if config.precision != "fp32" and not uses_cuda:
+        fail(f"--precision {config.precision} autocasts on CUDA only; use --precision fp32 on CPU")
+    if config.render_backend == "gsplat" and not uses_cuda:
+        fail("--render-backend gsplat needs CUDA; use torch (or auto) on CPU")
+    if config.resume not in (None, "auto") and not os.path.isfile(config.resume):
+        fail(f"--resume {config.resume}: no such file (use 'auto' or a checkpoint path)")
+
+
+def _argument_type(hint: Any) -> tuple[Any, dict[str, Any]]:
+    """argparse ``type`` and extra keywords for one annotated field."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None`
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+
+        def optional(text: str) -> Any:
+            return None if text.lower() == "none" else inner(text)
+
+        optional.__name__ = inner.__name__
+        return optional, {}
+    if typing.get_origin(hint) is Literal:
+        return str, {"choices": list(typing.get_args(hint))}
+    if typing.get_origin(hint) is tuple:
+        item_types = typing.get_args(hint)
+        return item_types[0], {"nargs": len(item_types), "metavar": ("MIN", "MAX")}
+    if hint is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    return hint, {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One ``--flag`` per :class:`Config` field; unset flags keep the preset's value."""
+    parser = argparse.ArgumentParser(
+        description="GMAE pretraining (torchrun for several GPUs or nodes).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                        help="starting values: paper (DESIGN.md section 5) or demo (laptop CPU)")
+    parser.add_argument("--synthetic", dest="dataset", action="store_const", const="synthetic",
+                        help="same as --dataset synthetic")
+    hints = typing.get_type_hints(Config)
+    for spec in dataclasses.fields(Config):
+        arg_type, extra = _argument_type(hints[spec.name])
+        if arg_type is not None:
+            extra["type"] = arg_type
+        default = getattr(PRESETS["paper"], spec.name)
+        parser.add_argument(_flag(spec.name), dest=spec.name,
+                            help=f"{spec.metadata['help']} (paper: {default})", **extra)
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """The preset named by ``--preset`` with every other given flag applied on top."""
+    overrides = vars(build_parser().parse_args(argv))
+    preset = PRESETS[overrides.pop("preset")]
+    overrides = {name: tuple(value) if isinstance(value, list) else value
+                 for name, value in overrides.items()}
+    return dataclasses.replace(preset, **overrides)
+
+
+def load_config(data: dict[str, Any]) -> Config:
+    """A :class:`Config` from its JSON / checkpoint dictionary form."""
+    known = {spec.name for spec in dataclasses.fields(Config)}
+    return Config(**{name: tuple(value) if isinstance(value, list) else value
+                     for name, value in data.items() if name in known})

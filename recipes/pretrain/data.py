@@ -1,0 +1,206 @@
+"""Datasets and the loader: ImageNet folders, scikit-image photos, synthetic tensors.
+
+Every random choice of the input pipeline is a pure function of ``(seed, epoch, sample index)``:
+the sampler hands the dataset ``(index, sample_seed)`` pairs and the dataset seeds its
+augmentation with that seed. Data order and augmentation therefore do not depend on the number of
+loader workers or on where a run was interrupted, which is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision import datasets, transforms
+from torchvision.transforms import InterpolationMode
+
+from pretrain.config import Config
+
+log = logging.getLogger("gmae")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# scikit-image's bundled colour photographs (no download needed).
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+          "immunohistochemistry", "retina", "cat")
+_MAX_SUBSTITUTES = 32
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # [b 3 h w], ImageNet-normalised
+    num_skipped: int  # samples whose file was unreadable (replaced by a neighbour)
+
+
+def train_transform(config: Config) -> transforms.Compose:
+    """The paper's augmentation: RandomResizedCrop (bicubic) + horizontal flip, normalised."""
+    steps = [transforms.RandomResizedCrop(config.img_size, scale=config.crop_scale,
+                                          interpolation=InterpolationMode.BICUBIC)]
+    if config.hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return transforms.Compose(steps)
+
+
+def _seeded(transform, image: Image.Image, seed: int) -> torch.Tensor:
+    # torchvision's transforms draw from torch's global generator; fork it so the seed applies
+    # to this sample only, in a worker and in the main process alike.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
+
+
+def load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class SafeImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder in which an unreadable file is replaced by the next readable one.
+
+    Replacing (rather than dropping) keeps every batch full, so shapes stay static under
+    ``torch.compile`` and the global batch is exactly what the config says. Each replacement is
+    logged once per file (per worker) and counted in :attr:`Batch.num_skipped`.
+    """
+
+    def __init__(self, root: str | Path, transform) -> None:
+        super().__init__(str(root), loader=load_rgb)
+        self.seeded_transform = transform
+        self._warned: set[str] = set()
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item
+        for skipped in range(_MAX_SUBSTITUTES):
+            path = self.samples[(index + skipped) % len(self)][0]
+            try:
+                image = self.loader(path)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                if path not in self._warned:
+                    self._warned.add(path)
+                    log.warning("skipping unreadable image %s (%s)", path, error)
+                continue
+            return _seeded(self.seeded_transform, image, seed), int(skipped > 0)
+        raise RuntimeError(f"{_MAX_SUBSTITUTES} consecutive unreadable images from "
+                           f"{self.samples[index][0]} on; is the dataset intact?")
+
+
+class PhotoCrops(Dataset):
+    """Random crops of scikit-image's bundled photos: a dataset for demos and tests."""
+
+    def __init__(self, transform, *, length: int) -> None:
+        import skimage.data
+
+        self.photos = [Image.fromarray(np.asarray(getattr(skimage.data, name)())[..., :3])
+                       for name in PHOTOS]
+        self.transform = transform
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item
+        return _seeded(self.transform, self.photos[index % len(self.photos)], seed), 0
+
+
+class SyntheticImages(Dataset):
+    """Normalised noise images: measures the model, not the input pipeline."""
+
+    def __init__(self, img_size: int, *, length: int) -> None:
+        self.img_size = img_size
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        generator = torch.Generator().manual_seed(item[1])
+        return torch.randn(3, self.img_size, self.img_size, generator=generator), 0
+
+
+class ResumableSampler(DistributedSampler):
+    """A :class:`DistributedSampler` that yields ``(index, sample_seed)`` and can start mid-epoch.
+
+    Each epoch is a seeded permutation cut to whole global batches; global step ``s`` consumes
+    positions ``[s * batch, (s + 1) * batch)`` of it, and rank ``r`` of ``w`` takes every ``w``-th
+    of those. :meth:`set_epoch` chooses the permutation, :meth:`set_start_step` skips the steps a
+    resumed run has already done (without reading their images).
+    """
+
+    def __init__(self, dataset: Dataset, *, global_batch: int, num_replicas: int, rank: int,
+                 seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=True)
+        self.global_batch = global_batch
+        self.start_step = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.dataset) // self.global_batch
+
+    def set_start_step(self, step: int) -> None:
+        self.start_step = step
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.global_batch // self.num_replicas
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator)
+        # One augmentation seed per (epoch, position), independent of the permutation's draw.
+        seeds = torch.randint(2**62, (len(order),), generator=generator)
+        begin, end = self.start_step * self.global_batch, self.steps_per_epoch * self.global_batch
+        positions = range(begin + self.rank, end, self.num_replicas)
+        return iter([(int(order[p]), int(seeds[p])) for p in positions])
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # The main process checkpoints on SIGTERM / SIGUSR1; workers must not die of them first
+    # (SLURM signals every process of a job step).
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _collate(samples: list[tuple[torch.Tensor, int]]) -> Batch:
+    images, skipped = zip(*samples)
+    return Batch(torch.stack(images), sum(skipped))
+
+
+def build_dataset(config: Config) -> Dataset:
+    if config.dataset == "synthetic":
+        return SyntheticImages(config.img_size, length=config.samples_per_epoch)
+    if config.dataset == "photos":
+        return PhotoCrops(train_transform(config), length=config.samples_per_epoch)
+    return SafeImageFolder(Path(config.data_path) / "train", train_transform(config))
+
+
+def build_loader(config: Config, dataset: Dataset, *, rank: int, world_size: int,
+                 pin_memory: bool) -> tuple[DataLoader, ResumableSampler]:
+    """Per-rank loader of micro-batches (``batch_size / (world_size * accum_steps)`` images)."""
+    sampler = ResumableSampler(dataset, global_batch=config.batch_size, num_replicas=world_size,
+                               rank=rank, seed=config.seed)
+    if sampler.steps_per_epoch == 0:
+        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch "
+                         f"({config.batch_size}); lower --batch-size")
+    workers = config.num_workers
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size // (world_size * config.accum_steps),
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        worker_init_fn=_ignore_stop_signals,
+        prefetch_factor=4 if workers > 0 else None,
+        # The loader draws its worker seeds from here, not from torch's global generator.
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    return loader, sampler
+

@@ -1,0 +1,70 @@
+"""What rank 0 shows and writes: a progress bar, TensorBoard events, metrics.jsonl, PNG grids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+log = logging.getLogger("gmae")
+
+
+def setup_logging(is_main: bool) -> None:
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout)
+
+
+class MetricsLog:
+    """Per-step metrics to ``metrics.jsonl`` and TensorBoard, a tqdm bar on the terminal.
+
+    Resuming from step ``s`` drops records after ``s`` (written after the checkpoint by the run
+    that was interrupted), so the file holds each step once.
+    """
+
+    def __init__(self, output_dir: Path, *, start_step: int, total_steps: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = output_dir / "metrics.jsonl"
+        self._drop_records_after(start_step)
+        self.jsonl = open(self.path, "a", buffering=1)
+        self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step)
+        self.postfix: dict[str, str] = {}
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+    def _drop_records_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        records = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in records
+                if "event" not in (record := json.loads(line)) and record["step"] <= step]
+        if len(kept) != len(records):
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def advance(self, steps: int, **postfix: str) -> None:
+        """Move the bar on by ``steps`` and update (some of) its loss / lr / img_s fields."""
+        self.postfix.update(postfix)
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.update(steps)
+
+    def event(self, name: str, step: int, **fields: Any) -> None:
+        """A record that is not a metric, e.g. the end of the run."""
+        self.jsonl.write(json.dumps({"event": name, "step": step, **fields}) + "\n")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.jsonl.write(json.dumps(record) + "\n")
+        step = record["step"]
+        for name, value in record.items():
+            if name not in ("step", "epoch") and isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.jsonl.close()
+        self.tensorboard.close()

@@ -1,0 +1,106 @@
+"""The pretraining recipe's config, presets, validation, optimiser groups and schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))  # the recipe's helpers
+
+from pretrain.config import (  # noqa: E402
+    PRESETS, Config, ConfigError, load_config, parse_config, validate)
+from pretrain.optim import learning_rate, param_groups  # noqa: E402
+
+
+def check(config: Config, world_size: int = 1, *, cuda: bool = False) -> None:
+    validate(config, world_size=world_size, cuda_available=cuda)
+
+
+def test_paper_preset_holds_the_papers_settings():
+    config = parse_config(["--preset", "paper", "--data-path", "/imagenet"])
+    assert config.model == "gmae_vit_base_patch16"
+    assert (config.img_size, config.num_gaussians) == (224, 256)
+    assert (config.mask_ratio, config.max_scale, config.crop_scale) == (0.75, 1 / 8, (0.08, 1.0))
+    assert (config.batch_size, config.epochs, config.warmup_epochs) == (1024, 400, 5)
+    assert config.learning_rate == pytest.approx(1e-4 * 1024 / 256)
+    assert (config.betas, config.weight_decay, config.clip_grad) == ((0.9, 0.95), 0.05, 2.0)
+
+
+def test_every_field_is_a_flag_that_overrides_the_preset():
+    config = parse_config(["--preset", "demo", "--lr", "1e-3", "--epochs", "2",
+                           "--crop-scale", "0.5", "1", "--no-hflip", "--resume", "none"])
+    assert (config.lr, config.epochs, config.crop_scale) == (1e-3, 2, (0.5, 1.0))
+    assert config.hflip is False
+    assert config.resume is None
+    assert config.img_size == PRESETS["demo"].img_size
+    assert parse_config(["--synthetic"]).dataset == "synthetic"
+
+
+def test_config_round_trips_through_json():
+    config = PRESETS["demo"]
+    assert load_config(dataclasses.asdict(config)) == config
+
+
+def test_demo_preset_is_valid_on_cpu():
+    check(PRESETS["demo"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "world_size", "cuda", "message"),
+    [
+        ({}, 1, True, "needs --data-path"),
+        ({"data_path": "/nonexistent"}, 1, True, "expected class folders"),
+        ({"dataset": "synthetic"}, 3, True, "not divisible by world size 3"),
+        ({"mask_ratio": 1.0, "dataset": "synthetic"}, 1, True, "--mask-ratio must lie in (0, 1)"),
+        ({"backend": "mpi", "dataset": "synthetic"}, 1, True, "--backend 'mpi' is not one of"),
+        ({"crop_scale": (0.9, 0.1), "dataset": "synthetic"}, 1, True, "--crop-scale"),
+        ({"resume": "/no/such.pt", "dataset": "synthetic"}, 1, True, "no such file"),
+        ({"dataset": "synthetic"}, 1, False, "--precision bf16 autocasts on CUDA only"),
+        ({"backend": "nccl", "precision": "fp32", "dataset": "synthetic"}, 1, False,
+         "nccl needs CUDA"),
+        ({"device": "cuda", "dataset": "synthetic"}, 1, False, "CUDA is not available"),
+    ],
+)
+def test_validation_names_the_setting_to_change(overrides, world_size, cuda, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check(dataclasses.replace(PRESETS["paper"], **overrides), world_size, cuda=cuda)
+
+
+def test_global_batch_splits_over_any_world_size_with_accumulation():
+    config = dataclasses.replace(PRESETS["paper"], dataset="synthetic", precision="fp32",
+                                 accum_steps=4)
+    for world_size in (1, 2, 8, 64):
+        check(config, world_size)
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    config = dataclasses.replace(PRESETS["paper"], epochs=10, warmup_epochs=2, min_lr=1e-6)
+    lr = [learning_rate(step, config=config, steps_per_epoch=100) for step in range(1001)]
+    peak = config.learning_rate
+    assert lr[0] == 0 and lr[100] == pytest.approx(peak / 2) and lr[200] == pytest.approx(peak)
+    assert lr[600] == pytest.approx(1e-6 + (peak - 1e-6) * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr[1000] == pytest.approx(1e-6)
+
+
+class _TokenModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.query_embed = nn.Parameter(torch.zeros(1, 3, 4))
+        self.proj = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+
+
+def test_weight_decay_skips_biases_norms_and_tokens():
+    model = _TokenModel()
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert [id(p) for p in decay["params"]] == [id(model.proj.weight)]
+    assert len(no_decay["params"]) == 5
