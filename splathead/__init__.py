@@ -12,7 +12,7 @@ The parts, in the order data flows through them:
 - analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.viz`
 """
 
-from splathead import zeroshot
+from splathead import viz, zeroshot
 from splathead.camera import Camera
 from splathead.decoder import DecoderOutput, GMAEDecoder, QueryDecoder
 from splathead.gaussians import Gaussians
@@ -45,5 +45,6 @@ __all__ = [
     "patchify",
     "restore_tokens",
     "unpatchify",
+    "viz",
     "zeroshot",
 ]

@@ -1,0 +1,162 @@
+"""The BSDS boundary benchmark reproduces the official MATLAB scores."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splathead.bsds import (
+    bsds_thresholds,
+    evaluate_dir,
+    evaluate_image,
+    load_ground_truth,
+    load_prediction,
+    summarize,
+)
+
+MINI = Path("/work/shared/data/bsds500/mini")
+needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason="BSDS500 mini example not on disk")
+
+
+def official_scores(folder: str) -> dict[str, float]:
+    """The MATLAB benchmark's ``eval_bdry.txt`` (made with nthresh 5)."""
+    values = np.loadtxt(MINI / folder / "eval_bdry.txt")
+    return {"ods": values[3], "ois": values[6], "ap": values[7], "ods_threshold": values[0]}
+
+
+@needs_mini
+@pytest.mark.parametrize(("predictions", "reference"), [("png", "test_2"), ("ucm2", "test_1")])
+def test_mini_set_reproduces_official_matlab_scores(predictions, reference):
+    scores = evaluate_dir(MINI / predictions, MINI / "groundTruth", nthresh=5, progress=False)
+    official = official_scores(reference)
+    assert scores.ods == pytest.approx(official["ods"], abs=0.005)
+    assert scores.ois == pytest.approx(official["ois"], abs=0.005)
+    assert scores.ap == pytest.approx(official["ap"], abs=0.005)
+    assert scores.ods_threshold == pytest.approx(official["ods_threshold"], abs=1e-4)
+
+
+@needs_mini
+def test_thresholds_are_the_benchmarks():
+    official = np.loadtxt(MINI / "test_2" / "eval_bdry_thr.txt")[:, 0]
+    np.testing.assert_allclose(bsds_thresholds(5), official, atol=1e-6)
+
+
+@needs_mini
+def test_ucm2_is_read_at_pixel_positions():
+    prediction = load_prediction(MINI / "ucm2" / "2018.mat")
+    annotation = load_ground_truth(MINI / "groundTruth" / "2018.mat")[0]
+    assert prediction.shape == annotation.shape
+
+
+def test_prediction_equal_to_the_annotation_scores_one():
+    annotation = np.zeros((40, 60), dtype=bool)
+    annotation[10, 5:50] = True
+    annotation[10:35, 30] = True
+    counts = evaluate_image(annotation.astype(np.float64), [annotation], nthresh=9)
+    scores = summarize([counts])
+    # The benchmark's matcher is approximate (random sparse graph): it can drop a few matches.
+    assert scores.ods == pytest.approx(1.0, abs=0.05)
+    assert scores.ois == pytest.approx(1.0, abs=0.05)
+
+
+def test_empty_prediction_has_zero_recall():
+    annotation = np.zeros((40, 60), dtype=bool)
+    annotation[20, :] = True
+    counts = evaluate_image(np.zeros((40, 60)), [annotation], nthresh=9)
+    assert (counts.count_r == 0).all()
+    assert (counts.sum_r == annotation.sum()).all()
+    assert summarize([counts]).ods == 0.0
+
+
+def test_shifted_boundary_matches_within_tolerance_only():
+    annotation = np.zeros((100, 100), dtype=bool)
+    annotation[50, 10:90] = True
+    diagonal = np.hypot(100, 100)  # 0.0075 of it is 1.06 px
+    near, far = np.roll(annotation, 1, axis=0), np.roll(annotation, 3, axis=0)
+    near_scores = summarize([evaluate_image(near.astype(float), [annotation], nthresh=1)])
+    assert near_scores.ods == pytest.approx(1.0, abs=0.05)  # the matcher may drop a few pixels
+    assert summarize([evaluate_image(far.astype(float), [annotation], nthresh=1)]).ods == 0.0
+    assert 1 < 0.0075 * diagonal < 3
+
+
+def test_a_pixel_counts_as_correct_if_any_annotator_drew_it():
+    first, second = np.zeros((2, 30, 30), dtype=bool)
+    first[10, 5:25] = True
+    second[20, 5:25] = True
+    counts = evaluate_image((first | second).astype(float), [first, second], nthresh=1)
+    assert counts.sum_p[0] == counts.sum_r[0] == 40
+    # Each annotator drew half the predicted pixels; precision counts both halves.
+    assert counts.count_p[0] >= 38
+    assert counts.count_r[0] >= 38
+
+
+def test_prediction_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match=r"prediction must be finite and in \[0, 1\]"):
+        evaluate_image(np.full((8, 8), 2.0), [np.zeros((8, 8), dtype=bool)], nthresh=3)
+
+
+def test_missing_prediction_is_an_error(tmp_path):
+    (tmp_path / "pred").mkdir()
+    with pytest.raises(FileNotFoundError, match="no prediction 2018"):
+        evaluate_dir(tmp_path / "pred", MINI / "groundTruth", ids=["2018"], progress=False)
+
+
+def load_recipe():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "zeroshot_bsds.py"
+    spec = importlib.util.spec_from_file_location("zeroshot_bsds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_mini
+def test_score_cli_prints_the_scores_on_its_last_line(tmp_path, capsys):
+    import re
+    import shutil
+
+    for folder, suffix in (("png", ".png"), ("groundTruth", ".mat")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(MINI / folder / f"2018{suffix}", tmp_path / folder)
+    argv = ["score", "--pred-dir", str(tmp_path / "png"), "--gt-dir", str(tmp_path / "groundTruth")]
+    assert load_recipe().main([*argv, "--nthresh", "2"]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"ODS=(0\.\d{3}) OIS=(0\.\d{3}) AP=(0\.\d{3})", last_line)
+    assert match, last_line
+    expected = evaluate_dir(tmp_path / "png", tmp_path / "groundTruth", nthresh=2, progress=False)
+    # The benchmark's matcher breaks ties at random, so two runs differ slightly.
+    assert float(match[1]) == pytest.approx(expected.ods, abs=0.005)
+
+
+@needs_mini
+def test_run_cli_tabulates_gmae_and_baselines(tmp_path, capsys):
+    argv = ["run", "--data-dir", str(MINI), "--checkpoint", "none", "--output-dir", str(tmp_path)]
+    argv += ["--limit", "1", "--nthresh", "1", "--num-vis", "1", "--img-size", "32"]
+    assert load_recipe().main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-5] == "| method | ODS | OIS | AP |"
+    assert [line.split("|")[1].strip() for line in lines[-3:]] == ["gmae", "sobel", "canny"]
+    assert (tmp_path / "gmae" / "2018.png").is_file() and (tmp_path / "layers.png").is_file()
+
+
+@needs_mini
+def test_recipe_loads_a_pretraining_checkpoint(tmp_path, capsys):
+    import dataclasses
+    import sys
+
+    import torch
+
+    recipe = load_recipe()
+    sys.path.insert(0, str(Path(recipe.__file__).parent))
+    from gmae_imagenet import build_model
+    from pretrain.config import Config
+
+    config = Config(model="gmae_vit_tiny", img_size=32, num_gaussians=16)
+    model = build_model(config)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(config)}, path)
+    loaded = recipe.load_model(str(path), img_size=64, device=torch.device("cpu"))
+    assert loaded.img_size == (32, 32)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
