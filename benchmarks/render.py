@@ -33,7 +33,7 @@ from splathead.render.torch_backend import composite
 
 
 def gmae_scene(images: int, gaussians: int, *, device: str, seed: int = 0) -> Gaussians:
-    """Gaussians in the ranges the GMAE head produces (DESIGN.md section 5)."""
+    """Gaussians in the ranges the GMAE head produces (the paper's activations)."""
     generator = torch.Generator().manual_seed(seed)
 
     def sigmoid(*shape: int) -> torch.Tensor:

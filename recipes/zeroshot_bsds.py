@@ -2,10 +2,10 @@
 
     # score soft edge maps (<id>.png, or <id>.mat holding ucm2) against BSDS annotations
     python recipes/zeroshot_bsds.py score --pred-dir runs/bsds/sobel \\
-        --gt-dir /work/shared/data/bsds500/val/groundTruth --workers 2
+        --gt-dir ../shared/data/bsds500/val/groundTruth --workers 2
 
     # predict with a GMAE checkpoint and the Sobel / Canny baselines, score all, print a table
-    python recipes/zeroshot_bsds.py run --data-dir /work/shared/data/bsds500/val \\
+    python recipes/zeroshot_bsds.py run --data-dir ../shared/data/bsds500/val \\
         --checkpoint runs/gmae/checkpoint-00010000.pt --output-dir runs/bsds
 
 ``score`` prints ``ODS=0.xxx OIS=0.xxx AP=0.xxx`` on its last line; ``run`` prints one markdown

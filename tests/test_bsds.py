@@ -1,5 +1,6 @@
 """The BSDS boundary benchmark reproduces the official MATLAB scores."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,11 @@ from splathead.bsds import (
     summarize,
 )
 
-MINI = Path("/work/shared/data/bsds500/mini")
+# The BSDS500 copy lives in the shared/ folder beside the checkout (override: SPLATHEAD_BSDS500).
+BSDS500 = Path(
+    os.environ.get("SPLATHEAD_BSDS500", Path(__file__).parents[2] / "shared/data/bsds500")
+)
+MINI = BSDS500 / "mini"
 needs_mini = pytest.mark.skipif(not MINI.is_dir(), reason="BSDS500 mini example not on disk")
 
 

@@ -14,7 +14,7 @@ FIELDS = ("means", "scales", "quats", "colors", "opacities")
 
 
 def gmae_scene(seed: int, b: int, n: int, c: int = 3) -> Gaussians:
-    """The GMAE head's ranges (DESIGN.md section 5), float32 on CUDA."""
+    """The GMAE head's ranges (the paper's activations), float32 on CUDA."""
     generator = torch.Generator().manual_seed(seed)
 
     def sigmoid(*shape: int) -> torch.Tensor:

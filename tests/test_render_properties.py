@@ -62,7 +62,7 @@ def render_tiles(
 
 
 def reference_render(gaussians: Gaussians, camera: Camera, background: torch.Tensor):
-    """DESIGN.md section 3, one pixel and one Gaussian at a time; returns image, alpha, depth."""
+    """gsplat's classic rasterization (docs/renderer.md), one pixel and one Gaussian at a time; returns image, alpha, depth."""
     projected = project_gaussians(
         gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
         viewmat=camera.viewmat.to(gaussians.dtype), intrinsics=camera.intrinsics.to(gaussians.dtype),

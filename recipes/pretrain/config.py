@@ -21,7 +21,7 @@ def _opt(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of a pretraining run. Defaults are the paper's (DESIGN.md section 5)."""
+    """Every setting of a pretraining run. Defaults are the GMAE paper's ViT-B/16 pretraining."""
 
     # Model.
     model: str = _opt("gmae_vit_base_patch16", "factory in the splathead package")
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                        help="starting values: paper (DESIGN.md section 5) or demo (laptop CPU)")
+                        help="starting values: paper (GMAE ViT-B/16 pretraining) or demo (laptop CPU)")
     parser.add_argument("--synthetic", dest="dataset", action="store_const", const="synthetic",
                         help="same as --dataset synthetic")
     hints = typing.get_type_hints(Config)
