@@ -1,6 +1,7 @@
 """Renderer speed and memory: backends x (images, Gaussians, size), as a markdown table.
 
     python benchmarks/render.py                      # CPU: torch backend vs the dense baseline
+    python benchmarks/render.py --configs 32x64x64   # the laptop demo's render (batch 32, 64 px)
     python benchmarks/render.py --device cuda --configs 256x256x224 --backends torch,gsplat
 
 Scenes follow the GMAE head's ranges: centres 2 (sigmoid - 0.5) in (-1, 1), scales
@@ -202,7 +203,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     on_cuda = args.device == "cuda"
-    configs = args.configs or ("256x256x224" if on_cuda else "8x256x224,2x64x64")
+    configs = args.configs or ("256x256x224" if on_cuda else "8x256x224,32x64x64,2x64x64")
     backends = (args.backends or ("torch,gsplat" if on_cuda else "torch,dense")).split(",")
 
     rows = [row for config in configs.split(",") for row in benchmark(config, backends, args)]

@@ -275,3 +275,97 @@ def test_renderer_draws_the_gmae_scene_as_the_torch_backend():
     for got, want in zip(output, expected):
         torch.testing.assert_close(got, want)
     assert output.image.shape == (2, 3, 12, 10) and output.alpha.shape == output.depth.shape == (2, 1, 12, 10)
+
+
+def differentiable_reference_render(gaussians: Gaussians, camera: Camera, background: torch.Tensor):
+    """The per-pixel definition of ``reference_render`` in torch scalars, so autograd gives its
+    gradient (the same piecewise function: the skip and stop rules branch on values)."""
+    projected = project_gaussians(
+        gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
+        viewmat=camera.viewmat.to(gaussians.dtype), intrinsics=camera.intrinsics.to(gaussians.dtype),
+        width=camera.width, height=camera.height, model=camera.model,
+    )
+    b, n, c = gaussians.colors.shape
+    images, alphas = [], []
+    for image_id in range(b):
+        front_to_back = torch.argsort(projected.depths[image_id], stable=True).tolist()
+        visible = (projected.radii[image_id] > 0).all(-1).tolist()
+        pixels, pixel_alphas = [], []
+        for i in range(camera.height):
+            for j in range(camera.width):
+                transmittance, color = torch.ones((), dtype=gaussians.dtype), torch.zeros(c, dtype=gaussians.dtype)
+                for k in front_to_back:
+                    if not visible[k]:
+                        continue
+                    dx, dy = projected.means2d[image_id, k] - torch.tensor([j + 0.5, i + 0.5], dtype=gaussians.dtype)
+                    a, b_, c_ = projected.conics[image_id, k]
+                    sigma = 0.5 * (a * dx * dx + c_ * dy * dy) + b_ * dx * dy
+                    alpha = torch.clamp(gaussians.opacities[image_id, k] * torch.exp(-sigma), max=0.999)
+                    if sigma < 0 or alpha < 1 / 255:
+                        continue
+                    if transmittance * (1 - alpha) <= 1e-4:
+                        break
+                    color = color + alpha * transmittance * gaussians.colors[image_id, k]
+                    transmittance = transmittance * (1 - alpha)
+                pixels.append(color + transmittance * background[image_id])
+                pixel_alphas.append(1 - transmittance)
+        images.append(torch.stack(pixels).T.reshape(c, camera.height, camera.width))
+        alphas.append(torch.stack(pixel_alphas).reshape(1, camera.height, camera.width))
+    return torch.stack(images), torch.stack(alphas)
+
+
+@pytest.mark.parametrize("model", ["ortho", "pinhole"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradients_equal_autograd_of_the_per_pixel_definition_where_pixels_stop(model, seed):
+    camera = make_camera(model, 6, 7)
+    gaussians = random_gaussians(seed, 2, 12, 2, max_scale=1.0)
+    # Large Gaussians with opacities near 1: many pixels stop (transmittance 1e-4) and some
+    # alphas hit the 0.999 clamp.
+    gaussians = gaussians.replace(opacities=0.9 + 0.1 * gaussians.opacities)
+    background = torch.tensor([[0.2, 0.7], [1.0, 0.0]], dtype=torch.float64)
+    weights = torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def gradients(render) -> list[torch.Tensor]:
+        fields = [t.clone().requires_grad_() for t in (gaussians.means, gaussians.scales, gaussians.quats, gaussians.colors, gaussians.opacities)]
+        image, alpha = render(Gaussians(*fields))
+        (torch.cat([image, alpha], 1) * weights).sum().backward()
+        return [field.grad for field in fields]
+
+    expected = gradients(lambda scene: differentiable_reference_render(scene, camera, background))
+    got = gradients(lambda scene: render_tiles(scene, camera, background, tile_size=4)[:2])
+    for got_field, expected_field in zip(got, expected):
+        torch.testing.assert_close(got_field, expected_field)
+
+
+def render_and_gradients(gaussians: Gaussians, camera: Camera, background: torch.Tensor, **options):
+    """Image, alpha, depth and the gradients of a fixed random loss, from the torch backend."""
+    dtype = gaussians.dtype
+    fields = [t.clone().requires_grad_() for t in (gaussians.means, gaussians.quats, gaussians.scales, gaussians.colors, gaussians.opacities)]
+    outputs = torch_backend.render(
+        *fields, background.to(dtype), viewmat=camera.viewmat.to(dtype),
+        intrinsics=camera.intrinsics.to(dtype), width=camera.width, height=camera.height,
+        model=camera.model, render_depth=True, tile_size=4, **options,
+    )
+    generator = torch.Generator().manual_seed(0)
+    loss = sum(torch.randn(out.shape, generator=generator, dtype=dtype).mul(out).sum() for out in outputs)
+    if loss.requires_grad:  # not when no Gaussian is drawn
+        loss.backward()
+    return [*outputs, *(torch.zeros_like(field) if field.grad is None else field.grad for field in fields)]
+
+
+@given(spec=scenes, max_chunk_elements=st.sampled_from([1, 64, 500]))
+def test_chunked_checkpointed_rendering_equals_a_single_pass(spec, max_chunk_elements):
+    gaussians, camera, background = scene_from(spec)
+    single = render_and_gradients(gaussians, camera, background, max_chunk_elements=2**30)
+    chunked = render_and_gradients(gaussians, camera, background, max_chunk_elements=max_chunk_elements)
+    for got, want in zip(chunked, single):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@given(spec=scenes)
+def test_merging_tile_groups_changes_nothing(spec):
+    gaussians, camera, background = scene_from(spec)
+    separate = render_and_gradients(gaussians, camera, background, group_cost=0)
+    merged = render_and_gradients(gaussians, camera, background, group_cost=2**30)
+    for got, want in zip(merged, separate):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
