@@ -1,6 +1,6 @@
 """GMAE pretraining on ImageNet: one process per GPU under torchrun, or a plain CPU demo.
 
-    python recipes/gmae_imagenet.py --preset demo                      # laptop CPU, ~2 minutes
+    python recipes/gmae_imagenet.py --preset demo                      # laptop CPU, about a minute
     torchrun --nproc_per_node 8 recipes/gmae_imagenet.py --data-path /imagenet
     python recipes/gmae_imagenet.py --help                             # every setting
 

@@ -104,13 +104,13 @@ PRESETS: dict[str, Config] = {
         batch_size=32,
         lr=1e-3,
         warmup_epochs=1.0,
-        epochs=6,
+        epochs=24,
         precision="fp32",
         device="cpu",
         output_dir="runs/demo",
-        checkpoint_every=24,
+        checkpoint_every=48,
         log_every=4,
-        image_every=16,
+        image_every=48,
     ),
 }
 
