@@ -237,6 +237,7 @@ class GMAEDecoder(nn.Module):
         """Gaussians from the encoder's tokens ``[b prefix+v e]`` of the patches ``ids_keep``."""
         return self.head(self.query_decoder(latent, ids_keep))
 
+    @typecheck
     def render(self, gaussians: Gaussians) -> Float[Tensor, "b c h w"]:
         """The image of ``gaussians`` under the GMAE camera, on the decoder's background."""
         return self.renderer(gaussians).image

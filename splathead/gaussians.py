@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
+from splathead.camera import Camera
 from splathead.typing import Bool, Float, Int, Tensor, typecheck
-
-if TYPE_CHECKING:
-    from splathead.camera import Camera
 
 _FIELDS = ("means", "scales", "quats", "colors", "opacities")
 
@@ -135,11 +131,13 @@ class Gaussians:
         """Same Gaussians with the opacity of those not kept set to 0 (shapes unchanged)."""
         return self.replace(opacities=self.opacities * keep.to(self.dtype))
 
+    @typecheck
     def camera_depths(self, camera: Camera) -> Float[Tensor, "b n"]:
         """Camera-space z of each centre (larger is farther from the camera)."""
         viewmat = camera.viewmat.to(device=self.device, dtype=self.dtype)
         return self.means @ viewmat[2, :3] + viewmat[2, 3]
 
+    @typecheck
     def depth_order(self, camera: Camera, *, front_to_back: bool = True) -> Int[Tensor, "b n"]:
         """Indices that sort each image's Gaussians by camera depth (stable)."""
         return torch.argsort(

@@ -170,7 +170,10 @@ class PatchMask:
             raise ValueError("mask disagrees with ids_restore: MAE's mask is ids_restore >= k")
         return patch_mask
 
-    def to_mae(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    @typecheck
+    def to_mae(
+        self, dtype: torch.dtype = torch.float32
+    ) -> tuple[Float[Tensor, "b l"], Int[Tensor, "b l"]]:
         """MAE's ``(mask [b l], ids_restore [b l])``, with the mask 1.0 where hidden."""
         return self.mask.to(dtype), self.ids_restore
 
@@ -211,7 +214,10 @@ class PatchMask:
         ids_shuffle = torch.cat([ids_keep, idx_mask.long() - prefix], dim=1)
         return cls(ids_keep=ids_keep, ids_restore=torch.argsort(ids_shuffle, dim=1)).validate()
 
-    def to_lightly(self, *, num_prefix_tokens: int = 1) -> tuple[Tensor, Tensor]:
+    @typecheck
+    def to_lightly(
+        self, *, num_prefix_tokens: int = 1
+    ) -> tuple[Int[Tensor, "b t"], Int[Tensor, "b m"]]:
         """lightly's ``(idx_keep [b prefix+k], idx_mask [b l-k])`` over the whole token sequence:
         prefix tokens first in ``idx_keep``, patch ``i`` shifted to ``i + num_prefix_tokens``."""
         if num_prefix_tokens < 0:

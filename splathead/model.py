@@ -169,6 +169,7 @@ class GMAE(nn.Module):
         """Gaussians from the encoder tokens of the visible patches ``ids_keep``."""
         return self.decoder.decode(latent, ids_keep)
 
+    @typecheck
     def render(self, gaussians: Gaussians) -> Float[Tensor, "b c h w"]:
         """Render ``gaussians`` in [0, 1] RGB under the GMAE camera on the white background."""
         return self.decoder.render(gaussians)
