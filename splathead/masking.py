@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from einops import repeat
 
-from splathead.typing import Bool, Float, Int, Tensor, typecheck
+from splathead.typing import Bool, Float, Int, Shaped, Tensor, typecheck
 
 __all__ = ["PatchMask", "RandomMasking", "gather_tokens", "restore_tokens"]
 
@@ -173,7 +173,7 @@ class PatchMask:
     @typecheck
     def to_mae(
         self, dtype: torch.dtype = torch.float32
-    ) -> tuple[Float[Tensor, "b l"], Int[Tensor, "b l"]]:
+    ) -> tuple[Shaped[Tensor, "b l"], Int[Tensor, "b l"]]:
         """MAE's ``(mask [b l], ids_restore [b l])``, with the mask 1.0 where hidden."""
         return self.mask.to(dtype), self.ids_restore
 
