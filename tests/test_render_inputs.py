@@ -9,8 +9,11 @@ from jaxtyping import TypeCheckError
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.render import RenderOutput, SplatRenderer
+from splathead.render.gsplat_backend import gsplat_available
 
 FIELDS = ("means", "scales", "quats", "colors", "opacities")
+
+needs_gsplat = pytest.mark.skipif(not gsplat_available(), reason="gsplat not installed")
 
 
 def gaussians(b: int = 2, n: int = 5, c: int = 3, dtype=torch.float32) -> Gaussians:
@@ -104,12 +107,14 @@ def test_unknown_backend_is_rejected_at_construction():
         SplatRenderer(Camera.gmae(16, 16), backend="cuda")
 
 
+@needs_gsplat
 def test_float64_to_gsplat_is_an_error():
     renderer = SplatRenderer(Camera.gmae(16, 16), backend="gsplat")
     with pytest.raises(TypeError, match="float64 but the gsplat backend computes in float32"):
         renderer(gaussians(dtype=torch.float64))
 
 
+@needs_gsplat
 def test_gsplat_backend_needs_cuda_tensors():
     renderer = SplatRenderer(Camera.gmae(16, 16), backend="gsplat")
     with pytest.raises(ValueError, match="needs CUDA tensors, but means is on cpu"):
