@@ -32,13 +32,3 @@ class MaskedEncoder(Protocol):
         grid order (``None`` keeps every patch)."""
         ...
 
-
-def patch_grid(height: int, width: int, patch_size: tuple[int, int]) -> tuple[int, int]:
-    """Patch grid ``(gh, gw)`` of a ``height x width`` image; raises unless the patch divides it."""
-    patch_height, patch_width = patch_size
-    if height % patch_height or width % patch_width:
-        raise ValueError(
-            f"images are {height}x{width} pixels, not divisible by the "
-            f"{patch_height}x{patch_width} patch size"
-        )
-    return height // patch_height, width // patch_width

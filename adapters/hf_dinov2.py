@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splathead.adapters.base import patch_grid
+from splathead.losses import patch_grid
 from splathead.masking import gather_tokens
 from splathead.typing import Float, Int, Tensor, typecheck
 

@@ -7,7 +7,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from splathead.adapters.base import patch_grid
+from splathead.losses import patch_grid
 from splathead.masking import gather_tokens
 from splathead.typing import Float, Int, Tensor, typecheck
 

@@ -15,7 +15,6 @@ library. Ratios are against dense on CPU and against gsplat on CUDA.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
+from splathead.head import shoemake_quaternion
 from splathead.render import SplatRenderer
 from splathead.render.projection import project_gaussians
 from splathead.render.torch_backend import composite
@@ -40,16 +40,7 @@ def gmae_scene(images: int, gaussians: int, *, device: str, seed: int = 0) -> Ga
     def sigmoid(*shape: int) -> torch.Tensor:
         return torch.sigmoid(torch.randn(*shape, generator=generator))
 
-    u, v, w = torch.rand(3, images, gaussians, generator=generator)
-    quats = torch.stack(
-        [
-            torch.sqrt(1 - u) * torch.sin(2 * math.pi * v),
-            torch.sqrt(1 - u) * torch.cos(2 * math.pi * v),
-            torch.sqrt(u) * torch.sin(2 * math.pi * w),
-            torch.sqrt(u) * torch.cos(2 * math.pi * w),
-        ],
-        dim=-1,
-    )
+    quats = shoemake_quaternion(torch.randn(images, gaussians, 3, generator=generator))
     scene = Gaussians(
         means=2 * (sigmoid(images, gaussians, 3) - 0.5),
         scales=sigmoid(images, gaussians, 3) / 8,

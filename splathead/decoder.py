@@ -12,10 +12,10 @@ from timm.layers import to_2tuple
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from splathead.adapters.base import patch_grid
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.head import GaussianHead, Rotation
+from splathead.losses import patch_grid
 from splathead.pos_embed import sincos_pos_embed_2d
 from splathead.render import SplatRenderer
 from splathead.render.renderer import BackendName

@@ -13,7 +13,7 @@ from einops import rearrange
 
 from splathead.typing import Bool, Float, Tensor, typecheck
 
-__all__ = ["image_mse", "masked_patch_mse", "patchify", "unpatchify"]
+__all__ = ["image_mse", "masked_patch_mse", "patch_grid", "patchify", "unpatchify"]
 
 
 def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
@@ -23,9 +23,11 @@ def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
     return pair
 
 
-def _grid(name: str, images: Tensor, patch_size: tuple[int, int]) -> tuple[int, int]:
-    """Patch grid of ``images [b c h w]``; raises naming ``name`` if a side does not divide."""
-    height, width = images.shape[-2:]
+def patch_grid(
+    height: int, width: int, patch_size: tuple[int, int], *, name: str = "images"
+) -> tuple[int, int]:
+    """Patch grid ``(gh, gw)`` of a ``height x width`` image; raises naming ``name`` unless the
+    patch divides both sides."""
     patch_height, patch_width = patch_size
     if height % patch_height or width % patch_width:
         raise ValueError(
@@ -59,7 +61,7 @@ def patchify(
     Each patch vector runs over (row, column, channel) within the patch, as MAE's ``patchify``.
     """
     patch_height, patch_width = _pair("patch_size", patch_size)
-    _grid("images", images, (patch_height, patch_width))
+    patch_grid(*images.shape[-2:], (patch_height, patch_width))
     return rearrange(
         images, "b c (gh ph) (gw pw) -> b (gh gw) (ph pw c)", ph=patch_height, pw=patch_width
     )
@@ -116,7 +118,7 @@ def masked_patch_mse(
             patch (one device-to-host sync); when False such input gives a meaningless loss or NaN.
     """
     patch_height, patch_width = _pair("patch_size", patch_size)
-    grid_height, grid_width = _grid("image", image, (patch_height, patch_width))
+    grid_height, grid_width = patch_grid(*image.shape[-2:], (patch_height, patch_width), name="image")
     if mask.shape[1] != grid_height * grid_width:
         raise ValueError(
             f"mask covers {mask.shape[1]} patches but image has {grid_height}x{grid_width} "

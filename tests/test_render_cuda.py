@@ -1,12 +1,12 @@
 """The torch backend against gsplat's CUDA kernels (needs CUDA and gsplat; skipped otherwise)."""
 
-import math
 
 import pytest
 import torch
 
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
+from splathead.head import shoemake_quaternion
 from splathead.render import SplatRenderer
 
 pytestmark = pytest.mark.cuda
@@ -20,16 +20,7 @@ def gmae_scene(seed: int, b: int, n: int, c: int = 3) -> Gaussians:
     def sigmoid(*shape: int) -> torch.Tensor:
         return torch.sigmoid(torch.randn(*shape, generator=generator))
 
-    u, v, w = torch.rand(3, b, n, generator=generator)
-    quats = torch.stack(
-        [
-            torch.sqrt(1 - u) * torch.sin(2 * math.pi * v),
-            torch.sqrt(1 - u) * torch.cos(2 * math.pi * v),
-            torch.sqrt(u) * torch.sin(2 * math.pi * w),
-            torch.sqrt(u) * torch.cos(2 * math.pi * w),
-        ],
-        dim=-1,
-    )
+    quats = shoemake_quaternion(torch.randn(b, n, 3, generator=generator))
     return Gaussians(
         means=2 * (sigmoid(b, n, 3) - 0.5), scales=sigmoid(b, n, 3) / 8, quats=quats,
         colors=sigmoid(b, n, c), opacities=sigmoid(b, n),

@@ -280,7 +280,7 @@ def test_static_model_rejects_another_image_size():
 def test_image_size_not_divisible_by_the_patch_is_rejected():
     encoder = TimmViTEncoder(tiny_vit(dynamic_img_size=True))
 
-    with pytest.raises(ValueError, match="images are 30x32 pixels, not divisible by the 8x8 patch"):
+    with pytest.raises(ValueError, match=r"images is 30x32 pixels \(h x w\), not divisible by the 8x8 patch"):
         encoder(torch.randn(1, 3, 30, 32))
 
 
