@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The prepared GPU check: CUDA tests and renderer benchmarks on one lent GPU machine.
 #
-#   carry: [".whl"]   (gsplat-1.5.3 and beartype wheels, see below)
+#   carry: [".whl"]   (the wheels that machine lacks, see below)
 #   command: bash benchmarks/gpu_check.sh
 #
 # The machine has Python 3.12, torch 2.11, timm, einops, jaxtyping, hypothesis, transformers and
-# scikit-image, but neither beartype nor gsplat: both travel as wheels in .whl/ (download here with
-# `pip download --no-deps gsplat==1.5.3 beartype==0.23.1 -d .whl`). gsplat compiles its CUDA
+# scikit-image, but neither beartype nor gsplat (nor gsplat's ninja and rich): they travel as
+# wheels in .whl/, made here with
+#   pip download --no-deps gsplat==1.5.3 beartype ninja rich markdown-it-py mdurl pygments -d .whl
+# and `/.whl/` in .git/info/exclude. gsplat compiles its CUDA
 # sources on first use (about a minute with 16 jobs). Every step runs even if an earlier one
 # failed; the summary table comes last, and logs land in $OUT when it is set.
 #
@@ -31,14 +33,16 @@ step() {  # step NAME COMMAND...: run, log to $LOGS/<name>.log, record status an
 }
 
 step "install wheels" python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/gsplat-1.5.3-py3-none-any.whl .whl/beartype-*.whl
+    --upgrade --target /tmp/site .whl/*.whl
+export PATH="/tmp/site/bin:$PATH"  # ninja, for gsplat's JIT build
 # The installed layout without a build step (that machine is offline): splathead/ with the
-# top-level adapters/ folder inside it as splathead.adapters, as pyproject.toml maps it.
+# top-level adapters/ folder inside it as splathead.adapters, as pyproject.toml maps it
+# (`python3 -P` keeps the checkout itself off sys.path, so this layout is the one imported).
 rm -rf /tmp/src && mkdir -p /tmp/src && cp -r splathead /tmp/src/ && cp -r adapters /tmp/src/splathead/
 export PYTHONPATH="/tmp/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 step "environment" python3 -c "import torch, gsplat, beartype; print('torch', torch.__version__, \
 '| gsplat', gsplat.__version__, '|', torch.cuda.get_device_name())"
-step "pytest -m cuda" python3 -m pytest -m cuda -p no:cacheprovider -q -ra tests
+step "pytest -m cuda" python3 -P -m pytest -m cuda -p no:cacheprovider -q -ra tests
 step "render benchmark" python3 benchmarks/render.py --device cuda --configs 256x256x224 \
     --backends torch,gsplat --repeats 5
 step "train step" python3 benchmarks/train_step.py --config base --batch 256 --device cuda --profile
