@@ -26,3 +26,10 @@ def test_renderer_doc_example_runs():
     out = namespace["out"]
     assert out.image.shape == (2, 3, 64, 64)
     assert out.depth.shape == (2, 1, 64, 64)
+
+
+def test_zeroshot_doc_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = run(python_blocks(ROOT / "docs/zeroshot.md")[0], "docs/zeroshot.md")
+    assert namespace["edges"].shape == (2, 64, 64)
+    assert (tmp_path / "layers.png").stat().st_size > 0
