@@ -16,6 +16,7 @@ from splathead.gaussians import Gaussians
 from splathead.losses import image_mse, masked_patch_mse
 from splathead.masking import PatchMask, RandomMasking
 from splathead.pos_embed import sincos_pos_embed_2d
+from splathead.render.renderer import BackendName
 from splathead.typing import Float, Int, Tensor, typecheck
 
 Loss = Literal["masked", "full"]
@@ -308,7 +309,7 @@ def build_gmae_vit(
     mask_ratio: float = 0.75,
     loss: Loss = "masked",
     freeze_encoder: bool = False,
-    backend: Literal["auto", "torch", "gsplat"] = "auto",
+    backend: BackendName = "auto",
     **vit_kwargs: Any,
 ) -> GMAE:
     """A GMAE with an MAE-initialised timm ``VisionTransformer`` encoder (cls token, fixed sin-cos

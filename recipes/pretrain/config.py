@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from splathead.render.renderer import BackendName
+
 IMAGENET_TRAIN_SIZE = 1_281_167
 
 
@@ -29,7 +31,7 @@ class Config:
     num_gaussians: int = _opt(256, "Gaussians per image (decoder queries)")
     max_scale: float = _opt(0.125, "largest Gaussian std in scene units (paper c = 1: 1/8)")
     mask_ratio: float = _opt(0.75, "fraction of patches hidden from the encoder, in (0, 1)")
-    render_backend: Literal["auto", "torch", "gsplat"] = _opt("auto", "splatting backend")
+    render_backend: BackendName = _opt("auto", "splatting backend")
 
     # Data.
     dataset: Literal["imagefolder", "photos", "synthetic"] = _opt(

@@ -11,15 +11,13 @@ gsplat compiles its CUDA sources on first use (about a minute, cached in
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
 
 import torch
 from einops import rearrange
 
-from splathead.render.projection import EPS2D
+from splathead.camera import CameraModel
+from splathead.render.projection import EPS2D, zero_quats_to_identity
 from splathead.typing import Float, Tensor, typecheck
-
-IDENTITY_QUAT = (1.0, 0.0, 0.0, 0.0)
 
 
 def gsplat_available() -> bool:
@@ -40,7 +38,7 @@ def render(
     intrinsics: Float[Tensor, "3 3"],
     width: int,
     height: int,
-    model: Literal["ortho", "pinhole"] = "pinhole",
+    model: CameraModel = "pinhole",
     near: float = 0.01,
     far: float = 1e10,
     render_depth: bool = False,
@@ -71,8 +69,7 @@ def render(
 
     b = means.shape[0]
     # gsplat normalises quaternions without a guard (NaN for zero); read zero as the identity.
-    is_zero = (quats == 0).all(dim=-1, keepdim=True)
-    quats = torch.where(is_zero, quats.new_tensor(IDENTITY_QUAT), quats)
+    quats = zero_quats_to_identity(quats)
     with torch.autocast(device_type="cuda", enabled=False):
         rendered, alpha, _ = gsplat.rasterization(
             means, quats, scales, opacities, colors,

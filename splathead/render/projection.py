@@ -29,12 +29,13 @@ world-to-camera transform ``[W | t]`` and intrinsics ``fx, fy, cx, cy``:
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from splathead.camera import CameraModel
 from splathead.typing import Float, Int, Tensor, typecheck
 
 EPS2D = 0.3
@@ -65,14 +66,18 @@ class ProjectedGaussians(NamedTuple):
 
 
 @typecheck
-def quat_to_rotmat(quats: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 3 3"]:
-    """Rotation matrices of quaternions ``(w, x, y, z)``, normalised first.
-
-    A zero quaternion gives the identity (its gradient is zero), so degenerate input stays finite.
-    """
+def zero_quats_to_identity(quats: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 4"]:
+    """Replace zero quaternions by the identity ``(1, 0, 0, 0)`` (gradient zero there), so that
+    normalising stays finite; gsplat's kernels give NaN for them."""
     is_zero = (quats == 0).all(dim=-1, keepdim=True)
-    identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=quats.dtype, device=quats.device)
-    w, x, y, z = F.normalize(torch.where(is_zero, identity, quats), dim=-1).unbind(-1)
+    return torch.where(is_zero, quats.new_tensor([1.0, 0.0, 0.0, 0.0]), quats)
+
+
+@typecheck
+def quat_to_rotmat(quats: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 3 3"]:
+    """Rotation matrices of quaternions ``(w, x, y, z)``, normalised first; a zero quaternion
+    gives the identity (:func:`zero_quats_to_identity`)."""
+    w, x, y, z = F.normalize(zero_quats_to_identity(quats), dim=-1).unbind(-1)
     rotation = torch.stack(
         [
             1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
@@ -104,7 +109,7 @@ def project_gaussians(
     intrinsics: Float[Tensor, "3 3"],
     width: int,
     height: int,
-    model: Literal["ortho", "pinhole"] = "pinhole",
+    model: CameraModel = "pinhole",
     near: float = 0.01,
     far: float = 1e10,
     eps2d: float = EPS2D,

@@ -41,13 +41,13 @@ second forward pass for no memory that matters).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from einops import rearrange
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from splathead.camera import CameraModel
 from splathead.render.projection import ALPHA_THRESHOLD, ProjectedGaussians, project_gaussians
 from splathead.typing import Float, Int, Tensor, typecheck
 
@@ -267,7 +267,7 @@ def render(
     intrinsics: Float[Tensor, "3 3"],
     width: int,
     height: int,
-    model: Literal["ortho", "pinhole"] = "pinhole",
+    model: CameraModel = "pinhole",
     near: float = 0.01,
     far: float = 1e10,
     render_depth: bool = False,
