@@ -10,6 +10,8 @@ The parts, in the order data flows through them:
 - losses: :func:`masked_patch_mse`, :func:`image_mse`, :func:`patchify`, :func:`unpatchify`
 - model: :class:`GMAE`, :func:`gmae_vit_base_patch16`, :func:`gmae_vit_tiny`
 - analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.viz`
+- evaluation: :mod:`splathead.metrics` (PSNR, SSIM; needs torchmetrics, so not imported here),
+  :mod:`splathead.probes` (online linear probes)
 """
 
 from splathead import viz, zeroshot

@@ -33,3 +33,9 @@ def test_zeroshot_doc_example_runs(tmp_path, monkeypatch):
     namespace = run(python_blocks(ROOT / "docs/zeroshot.md")[0], "docs/zeroshot.md")
     assert namespace["edges"].shape == (2, 64, 64)
     assert (tmp_path / "layers.png").stat().st_size > 0
+
+
+def test_evaluation_doc_example_runs(capsys):
+    namespace = run(python_blocks(ROOT / "docs/evaluation.md")[0], "docs/evaluation.md")
+    assert namespace["scores"].shape == (8,)
+    assert all(p.grad is not None for p in namespace["probes"].parameters())
