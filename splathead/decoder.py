@@ -100,6 +100,10 @@ class QueryDecoder(nn.Module):
         self.blocks.apply(init_like_mae)
         self.norm.apply(init_like_mae)
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned query token and embeddings, which AdamW leaves undecayed (timm's protocol)."""
+        return {"query_token", "query_embed"}
+
     @typecheck
     def forward(
         self, latent: Float[Tensor, "b t e"], ids_keep: Int[Tensor, "b v"]

@@ -151,6 +151,22 @@ class GMAE(nn.Module):
     def num_patches(self) -> int:
         return self.decoder.num_patches
 
+    def no_weight_decay(self) -> set[str]:
+        """Full names of the parameters AdamW leaves undecayed: what each part's own
+        ``no_weight_decay()`` (timm's protocol: tokens, position and query embeddings) names.
+        """
+        names: set[str] = set()
+
+        def collect(module: nn.Module, prefix: str) -> None:
+            for name, child in module.named_children():
+                if hasattr(child, "no_weight_decay"):
+                    names.update(f"{prefix}{name}.{leaf}" for leaf in child.no_weight_decay())
+                else:
+                    collect(child, f"{prefix}{name}.")
+
+        collect(self, "")
+        return names
+
     def train(self, mode: bool = True) -> GMAE:
         super().train(mode)
         if self.freeze_encoder:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from einops import rearrange, repeat
 from PIL import Image, ImageDraw
+from timm.layers import to_2tuple
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 
@@ -129,20 +130,24 @@ def draw_gaussians(
 def hide_patches(
     images: Float[Tensor, "b c h w"],
     mask: Bool[Tensor, "b l"],
-    patch_size: int,
+    patch_size: int | tuple[int, int],
     *,
     fill: float = 0.5,
 ) -> Float[Tensor, "b c h w"]:
-    """``images`` with the patches where ``mask`` is True (MAE: hidden) set to ``fill``."""
+    """``images`` with the patches where ``mask`` is True (MAE: hidden) set to ``fill``.
+
+    ``patch_size`` is ``(height, width)`` in pixels, or one int for square patches; ``mask``
+    lists the patches row-major, ``(h / patch height) * (w / patch width)`` of them.
+    """
     b, _, h, w = images.shape
-    if h % patch_size or w % patch_size or mask.shape[1] != (h // patch_size) * (w // patch_size):
+    patch_h, patch_w = to_2tuple(patch_size)
+    grid_h, grid_w = h // patch_h, w // patch_w
+    if h % patch_h or w % patch_w or mask.shape[1] != grid_h * grid_w:
         raise ValueError(
             f"mask of {mask.shape[1]} patches does not tile {h}x{w} images with patch_size "
-            f"{patch_size}"
+            f"{(patch_h, patch_w)}"
         )
-    pixels = repeat(
-        mask, "b (gh gw) -> b 1 (gh ph) (gw pw)", gh=h // patch_size, ph=patch_size, pw=patch_size
-    )
+    pixels = repeat(mask, "b (gh gw) -> b 1 (gh ph) (gw pw)", gh=grid_h, ph=patch_h, pw=patch_w)
     return torch.where(pixels, torch.full_like(images, fill), images)
 
 

@@ -88,6 +88,15 @@ def test_hide_patches_fills_exactly_the_hidden_patches():
     assert torch.equal(hidden[..., 4:, :4], images[..., 4:, :4])
 
 
+def test_hide_patches_takes_rectangular_patches_row_major():
+    images = torch.rand(1, 3, 4, 12)
+    mask = torch.tensor([[False, True, False, True, False, False]])  # grid 2 x 3 of 2 x 4 patches
+    hidden = hide_patches(images, mask, patch_size=(2, 4), fill=0.5)
+    expected = images.clone()
+    expected[..., :2, 4:8], expected[..., 2:, :4] = 0.5, 0.5
+    assert torch.equal(hidden, expected)
+
+
 def test_hide_patches_rejects_a_mask_that_does_not_tile_the_image():
     with pytest.raises(ValueError, match="does not tile"):
         hide_patches(torch.rand(1, 3, 8, 8), torch.zeros(1, 3, dtype=torch.bool), patch_size=4)
