@@ -199,9 +199,10 @@ def benchmark_loader(args: argparse.Namespace) -> None:
     """Images/s of the recipe's ImageNet pipeline (decode, 224 crop, flip) on CPU workers."""
     import sys
 
+    # recipes/ is not installed; a script there finds splathead_recipes beside itself.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    from pretrain.config import Config
-    from pretrain.data import build_dataset, build_loader
+    from splathead_recipes.config import Config
+    from splathead_recipes.data import build_dataset, build_loader
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:

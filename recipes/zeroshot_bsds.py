@@ -19,7 +19,7 @@ reconstructed from all its patches, and :func:`splathead.zeroshot.soft_edges` vo
 layer counts; the edge map is resized back to the image's size bilinearly. ``--checkpoint none``
 builds an untrained ``gmae_vit_tiny`` (a smoke test of the pipeline, not a result).
 Checkpoints are those of ``recipes/gmae_imagenet.py``: ``{"model": state_dict, "config": {...}}``;
-the model is rebuilt by that recipe's own ``build_model``.
+the model is rebuilt from that config by the recipes' shared ``splathead_recipes.models``.
 
 Baselines on the grey image at full size: Sobel gradient magnitude (``skimage.filters.sobel``)
 scaled to a maximum of 1 per image, and a soft Canny: the fraction of 20 ``skimage.feature.canny``
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from skimage.feature import canny
 from skimage.filters import sobel
 from tqdm.auto import tqdm
 
+from splathead import gmae_vit_tiny
 from splathead.bsds import MAX_DIST, NTHRESH, evaluate_dir
 from splathead.viz import draw_gaussians, save_grid, save_layer_grid
 from splathead.zeroshot import (
@@ -52,6 +52,8 @@ from splathead.zeroshot import (
     render_layers,
     soft_edges,
 )
+
+from splathead_recipes.models import load_pretrained
 
 log = logging.getLogger("zeroshot_bsds")
 
@@ -100,18 +102,10 @@ def model_input(images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor
 def load_model(checkpoint: str, *, img_size: int, device: torch.device) -> torch.nn.Module:
     """A GMAE from a pretraining checkpoint, or an untrained ``gmae_vit_tiny`` for ``none``."""
     if checkpoint == "none":
-        from splathead.model import gmae_vit_tiny
-
         log.warning("--checkpoint none: untrained gmae_vit_tiny(img_size=%d)", img_size)
         model = gmae_vit_tiny(img_size=img_size)
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from gmae_imagenet import build_model
-        from pretrain.config import load_config
-
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model = build_model(load_config(state["config"]))
-        model.load_state_dict(state["model"])
+        model = load_pretrained(Path(checkpoint))
     return model.to(device).eval()
 
 

@@ -148,15 +148,13 @@ def test_run_cli_tabulates_gmae_and_baselines(tmp_path, capsys):
 @needs_mini
 def test_recipe_loads_a_pretraining_checkpoint(tmp_path, capsys):
     import dataclasses
-    import sys
 
     import torch
 
-    recipe = load_recipe()
-    sys.path.insert(0, str(Path(recipe.__file__).parent))
-    from gmae_imagenet import build_model
-    from pretrain.config import Config
+    from splathead_recipes.config import Config
+    from splathead_recipes.models import build_model
 
+    recipe = load_recipe()
     config = Config(model="gmae_vit_tiny", img_size=32, num_gaussians=16)
     model = build_model(config)
     path = tmp_path / "checkpoint.pt"

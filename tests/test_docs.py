@@ -39,3 +39,14 @@ def test_evaluation_doc_example_runs(capsys):
     namespace = run(python_blocks(ROOT / "docs/evaluation.md")[0], "docs/evaluation.md")
     assert namespace["scores"].shape == (8,)
     assert all(p.grad is not None for p in namespace["probes"].parameters())
+
+
+def test_pretraining_doc_recipe_example_trains_and_logs_its_hook(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    run(python_blocks(ROOT / "docs/pretraining.md")[0], "docs/pretraining.md")
+    output = tmp_path / "runs/classifier_example"
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "train/accuracy" in record] == [1, 2]
+    assert (output / "checkpoint-00000002.pt").is_file()

@@ -5,18 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))  # the recipe's helpers
-
-from pretrain.config import (  # noqa: E402
+from splathead import gmae_vit_tiny
+from splathead_recipes.config import (
     PRESETS, Config, ConfigError, load_config, parse_config, validate)
-from pretrain.optim import learning_rate, param_groups  # noqa: E402
+from splathead_recipes.optim import learning_rate, param_groups
 
 
 def check(config: Config, world_size: int = 1, *, cuda: bool = False) -> None:
@@ -62,6 +59,8 @@ def test_demo_preset_is_valid_on_cpu():
         ({"backend": "mpi", "dataset": "synthetic"}, 1, True, "--backend 'mpi' is not one of"),
         ({"crop_scale": (0.9, 0.1), "dataset": "synthetic"}, 1, True, "--crop-scale"),
         ({"resume": "/no/such.pt", "dataset": "synthetic"}, 1, True, "no such file"),
+        ({"model": "nope", "dataset": "synthetic"}, 1, True, "--model 'nope' is not one of"),
+        ({"model": "GMAE", "dataset": "synthetic"}, 1, True, "--model 'GMAE' is not one of"),
         ({"dataset": "synthetic"}, 1, False, "--precision bf16 autocasts on CUDA only"),
         ({"backend": "nccl", "precision": "fp32", "dataset": "synthetic"}, 1, False,
          "nccl needs CUDA"),
@@ -89,18 +88,27 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert lr[1000] == pytest.approx(1e-6)
 
 
-class _TokenModel(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
-        self.query_embed = nn.Parameter(torch.zeros(1, 3, 4))
-        self.proj = nn.Linear(4, 4)
-        self.norm = nn.LayerNorm(4)
-
-
-def test_weight_decay_skips_biases_norms_and_tokens():
-    model = _TokenModel()
+def test_weight_decay_skips_biases_norms_tokens_and_embeddings_of_the_gmae():
+    model = gmae_vit_tiny(img_size=32, num_queries=8)
     decay, no_decay = param_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert [id(p) for p in decay["params"]] == [id(model.proj.weight)]
-    assert len(no_decay["params"]) == 5
+    # The split by name that the recipe used before timm's param_groups_weight_decay.
+    undecayed = {name for name, p in model.named_parameters() if p.requires_grad and (
+        p.ndim <= 1 or name.endswith(("token", "_embed")))}
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} == undecayed
+    assert {names[id(p)] for p in decay["params"]} == {
+        name for name, p in model.named_parameters() if p.requires_grad} - undecayed
+
+
+def test_schedule_agrees_with_timms_cosine_scheduler_to_rounding():
+    from timm.scheduler import CosineLRScheduler
+
+    config = dataclasses.replace(PRESETS["paper"], epochs=10, warmup_epochs=2, min_lr=1e-6)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
+    timm_schedule = CosineLRScheduler(optimizer, t_initial=800, lr_min=1e-6, warmup_t=200,
+                                      warmup_prefix=True, t_in_epochs=False)
+    for step in range(1001):
+        timm_schedule.step_update(step)
+        assert learning_rate(step, config=config, steps_per_epoch=100) == pytest.approx(
+            optimizer.param_groups[0]["lr"], rel=1e-13, abs=0)

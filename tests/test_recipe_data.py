@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))  # the recipe's helpers
-
-from pretrain import checkpoint  # noqa: E402
-from pretrain.config import PRESETS  # noqa: E402
-from pretrain.data import ResumableSampler, build_dataset, build_loader  # noqa: E402
+from splathead_recipes import checkpoint
+from splathead_recipes.config import PRESETS
+from splathead_recipes.data import ResumableSampler, build_dataset, build_loader
 
 
 def image_folder(root: Path, *, good: int, corrupt: int) -> Path:

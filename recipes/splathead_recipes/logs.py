@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ class MetricsLog:
     that was interrupted), so the file holds each step once.
     """
 
-    def __init__(self, output_dir: Path, *, start_step: int, total_steps: int) -> None:
+    def __init__(self, output_dir: Path, *, start_step: int, total_steps: int,
+                 images_per_step: int, steps_per_epoch: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = output_dir / "metrics.jsonl"
@@ -35,6 +37,9 @@ class MetricsLog:
         self.jsonl = open(self.path, "a", buffering=1)
         self.tensorboard = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step)
         self.postfix: dict[str, str] = {}
+        self.images_per_step = images_per_step
+        self.steps_per_epoch = steps_per_epoch
+        self._clock, self._clock_step = time.perf_counter(), start_step
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                         mininterval=1.0 if sys.stderr.isatty() else 30.0)
 
@@ -46,6 +51,24 @@ class MetricsLog:
                 if "event" not in (record := json.loads(line)) and record["step"] <= step]
         if len(kept) != len(records):
             self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log_step(self, step: int, *, loss: float, lr: float, grad_norm: float,
+                 skipped_images: int, extra: dict[str, float], full: bool) -> None:
+        """After optimiser step ``step``: move the bar; write a record with the training
+        metrics when ``full`` (a logging step), and whenever hooks measured ``extra`` metrics.
+        """
+        record = dict(extra)
+        if full:
+            now = time.perf_counter()
+            images_per_s = ((step - self._clock_step) * self.images_per_step
+                            / max(now - self._clock, 1e-9))
+            self._clock, self._clock_step = now, step
+            record = {"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                      "images_per_s": images_per_s, "skipped_images": skipped_images, **record}
+            self.advance(0, img_s=f"{images_per_s:.0f}")
+        if record:
+            self.write({"step": step, "epoch": step / self.steps_per_epoch, **record})
+        self.advance(1, loss=f"{loss:.4f}", lr=f"{lr:.2e}")
 
     def advance(self, steps: int, **postfix: str) -> None:
         """Move the bar on by ``steps`` and update (some of) its loss / lr / img_s fields."""

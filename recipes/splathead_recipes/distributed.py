@@ -61,6 +61,11 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def world_size() -> int:
+    """Processes in the group (1 outside torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum ``values`` over ranks in place (a no-op for one process)."""
     if dist.is_initialized():

@@ -16,25 +16,35 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
-from pretrain.config import Config
+from splathead_recipes.config import Config
 
 log = logging.getLogger("gmae")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # scikit-image's bundled colour photographs (no download needed).
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina", "cat")
 _MAX_SUBSTITUTES = 32
 
 
+class Sample(NamedTuple):
+    image: torch.Tensor  # [3 h w], ImageNet-normalised
+    label: int
+    substituted: bool  # the file at the sampled index was unreadable; a neighbour stands in
+
+
 class Batch(NamedTuple):
     images: torch.Tensor  # [b 3 h w], ImageNet-normalised
+    labels: torch.Tensor  # [b] class indices (ImageFolder's; the photo index; 0 for noise)
     num_skipped: int  # samples whose file was unreadable (replaced by a neighbour)
+
+    def to(self, device: torch.device) -> Batch:
+        return self._replace(images=self.images.to(device, non_blocking=True),
+                             labels=self.labels.to(device, non_blocking=True))
 
 
 def train_transform(config: Config) -> transforms.Compose:
@@ -43,7 +53,7 @@ def train_transform(config: Config) -> transforms.Compose:
                                           interpolation=InterpolationMode.BICUBIC)]
     if config.hflip:
         steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
     return transforms.Compose(steps)
 
 
@@ -73,10 +83,10 @@ class SafeImageFolder(datasets.ImageFolder):
         self.seeded_transform = transform
         self._warned: set[str] = set()
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> Sample:
         index, seed = item
         for skipped in range(_MAX_SUBSTITUTES):
-            path = self.samples[(index + skipped) % len(self)][0]
+            path, label = self.samples[(index + skipped) % len(self)]
             try:
                 image = self.loader(path)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -84,7 +94,7 @@ class SafeImageFolder(datasets.ImageFolder):
                     self._warned.add(path)
                     log.warning("skipping unreadable image %s (%s)", path, error)
                 continue
-            return _seeded(self.seeded_transform, image, seed), int(skipped > 0)
+            return Sample(_seeded(self.seeded_transform, image, seed), label, skipped > 0)
         raise RuntimeError(f"{_MAX_SUBSTITUTES} consecutive unreadable images from "
                            f"{self.samples[index][0]} on; is the dataset intact?")
 
@@ -103,9 +113,10 @@ class PhotoCrops(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> Sample:
         index, seed = item
-        return _seeded(self.transform, self.photos[index % len(self.photos)], seed), 0
+        label = index % len(self.photos)
+        return Sample(_seeded(self.transform, self.photos[label], seed), label, False)
 
 
 class SyntheticImages(Dataset):
@@ -118,9 +129,9 @@ class SyntheticImages(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> Sample:
         generator = torch.Generator().manual_seed(item[1])
-        return torch.randn(3, self.img_size, self.img_size, generator=generator), 0
+        return Sample(torch.randn(3, self.img_size, self.img_size, generator=generator), 0, False)
 
 
 class ResumableSampler(DistributedSampler):
@@ -166,9 +177,9 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _collate(samples: list[tuple[torch.Tensor, int]]) -> Batch:
-    images, skipped = zip(*samples)
-    return Batch(torch.stack(images), sum(skipped))
+def _collate(samples: list[Sample]) -> Batch:
+    images, labels, substituted = zip(*samples)
+    return Batch(torch.stack(images), torch.tensor(labels), sum(substituted))
 
 
 def build_dataset(config: Config) -> Dataset:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from splathead.render.renderer import BackendName
 
+from splathead_recipes.models import MODEL_FACTORIES
+
 IMAGENET_TRAIN_SIZE = 1_281_167
 
 
@@ -26,7 +28,7 @@ class Config:
     """Every setting of a pretraining run. Defaults are the GMAE paper's ViT-B/16 pretraining."""
 
     # Model.
-    model: str = _opt("gmae_vit_base_patch16", "factory in the splathead package")
+    model: str = _opt("gmae_vit_base_patch16", f"one of {', '.join(MODEL_FACTORIES)}")
     img_size: int = _opt(224, "input resolution in pixels")
     num_gaussians: int = _opt(256, "Gaussians per image (decoder queries)")
     max_scale: float = _opt(0.125, "largest Gaussian std in scene units (paper c = 1: 1/8)")
@@ -84,10 +86,6 @@ class Config:
         """Peak learning rate: ``lr`` if given, else ``blr * batch_size / 256``."""
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.output_dir) / "checkpoints"
-
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
@@ -138,6 +136,8 @@ def validate(config: Config, *, world_size: int, cuda_available: bool) -> None:
         if typing.get_origin(hints[spec.name]) is Literal and value not in choices:
             fail(f"{_flag(spec.name)} {value!r} is not one of {list(choices)}")
 
+    if config.model not in MODEL_FACTORIES:
+        fail(f"--model {config.model!r} is not one of {list(MODEL_FACTORIES)}")
     if config.dataset == "imagefolder":
         if config.data_path is None:
             fail("dataset imagefolder needs --data-path (ImageNet root holding train/), "

@@ -1,0 +1,15 @@
+"""What every recipe in ``recipes/`` shares: one training loop and the parts it is made of.
+
+A recipe script (``python recipes/x.py`` or ``torchrun recipes/x.py``) finds this package beside
+itself, because Python puts the script's folder first on ``sys.path``; the tests get it through
+pytest's ``pythonpath`` setting.
+
+- :mod:`.config`: the pretraining :class:`~.config.Config`, presets, command line, validation
+- :mod:`.models`: the model-factory registry, building a model, loading one from a checkpoint
+- :mod:`.data`: datasets and the resumable loader of :class:`~.data.Batch` es
+- :mod:`.optim`: AdamW parameter groups and the warmup + cosine learning rate
+- :mod:`.train_step`: one optimiser step (:class:`~.train_step.TrainStep`)
+- :mod:`.eval_step`: metrics over a loader, summed over ranks (:func:`~.eval_step.evaluate`)
+- :mod:`.loop`: :func:`~.loop.fit`, the loop with checkpoints, resume, signals, logging and hooks
+- :mod:`.checkpoint`, :mod:`.distributed`, :mod:`.logs`: files, process groups, metrics
+"""

@@ -1,0 +1,297 @@
+"""The training loop every recipe shares: epochs, checkpoints, resume, signals, logging, hooks.
+
+A recipe builds its model, optimiser, loader and learning-rate schedule, says what a micro-batch's
+loss is, and calls :func:`fit`. What differs between pretraining, a linear probe and a fine-tune
+is only those arguments; :func:`fit` gives all of them the same atomic checkpoints with bit-exact
+resume, preemption handling, ``metrics.jsonl`` / TensorBoard records and step hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import signal
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from splathead_recipes import checkpoint, distributed
+from splathead_recipes.config import ConfigError
+from splathead_recipes.data import ResumableSampler
+from splathead_recipes.distributed import Runtime
+from splathead_recipes.logs import MetricsLog
+from splathead_recipes.train_step import Forward, StepResult, TrainStep
+
+log = logging.getLogger("gmae")
+
+StepHook = Callable[[int, StepResult], dict[str, float]]
+"""``hook(step, result) -> metrics``, called on every rank after each optimiser step (``step``
+counts the steps done). Rank 0 logs what it returns with that step's record; evaluation passes
+and image dumps are hooks that act every N steps and return ``{}`` otherwise."""
+
+
+class LoopSettings(Protocol):
+    """The fields of a recipe's config (a dataclass) that :func:`fit` reads; see
+    :class:`~splathead_recipes.config.Config` for their meaning."""
+
+    output_dir: str
+    resume: str | None
+    seed: int
+    epochs: int
+    max_steps: int
+    batch_size: int
+    accum_steps: int
+    clip_grad: float
+    precision: str
+    compile: bool
+    checkpoint_every: int
+    keep_checkpoints: int
+    log_every: int
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/Inf; the run stops before the optimiser step."""
+
+
+class StopSignal:
+    """While active, remembers SIGTERM / SIGUSR1 (cluster preemption) until the step ends."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignal:
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """Compile each transformer block in place; the renderer stays eager (custom kernels)."""
+    from timm.models.vision_transformer import Block
+
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.compile()
+
+
+def _settings_dict(settings: LoopSettings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)  # type: ignore[call-overload]
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    names = sorted(name for name in saved.keys() | current.keys()
+                   if saved.get(name) != current.get(name) and name != "resume")
+    return ", ".join(f"{name}: {saved.get(name)!r} there, {current.get(name)!r} here"
+                     for name in names) or "none"
+
+
+class Checkpointer:
+    """Saves and restores everything a run needs to continue bit for bit.
+
+    Saving is collective (every rank's generators are gathered), so every rank calls
+    :meth:`save`; rank 0 writes.
+    """
+
+    def __init__(self, settings: LoopSettings, runtime: Runtime, model: nn.Module,
+                 step_fn: TrainStep, steps_per_epoch: int) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.model = model
+        self.step_fn = step_fn
+        self.steps_per_epoch = steps_per_epoch
+        self.directory = Path(settings.output_dir)
+
+    def save(self, step: int, skipped_images: int) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.step_fn.optimizer.state_dict(),
+            "scaler": self.step_fn.scaler.state_dict(),
+            "step": step,
+            "epoch": step // self.steps_per_epoch,
+            "step_in_epoch": step % self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "skipped_images": skipped_images,
+            "rng": self._gather_rng_states(),
+            "config": _settings_dict(self.settings),
+        }
+        if self.runtime.is_main:
+            path = checkpoint.save_and_prune(state, self.directory, step=step,
+                                             keep=self.settings.keep_checkpoints)
+            log.info("saved %s", path)
+        distributed.barrier()
+
+    def _gather_rng_states(self) -> list[dict]:
+        """Every rank's generators, in rank order (each rank masks its own images)."""
+        state = checkpoint.rng_state()
+        if not self.runtime.distributed:
+            return [state]
+        gathered: list[dict | None] = [None] * self.runtime.world_size
+        dist.all_gather_object(gathered, state)
+        return gathered
+
+    def resume(self) -> tuple[int, int]:
+        """``(step, skipped_images)`` to continue from: ``--resume``'s checkpoint, or (0, 0)."""
+        resume = self.settings.resume
+        if resume is None:
+            return 0, 0
+        found = (checkpoint.load_newest(self.directory) if resume == "auto"
+                 else (Path(resume), checkpoint.load(Path(resume))))
+        if found is None:
+            log.info("no checkpoint in %s; starting from scratch", self.directory)
+            return 0, 0
+        path, state = found
+        self._restore(state)
+        log.info("resumed from %s at step %d (epoch %d)", path, state["step"],
+                 state["step"] // self.steps_per_epoch)
+        return state["step"], state["skipped_images"]
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ConfigError(
+                f"the checkpoint has {state['steps_per_epoch']} steps per epoch, this run "
+                f"{self.steps_per_epoch}: dataset or --batch-size changed (settings that differ: "
+                f"{_differences(state['config'], _settings_dict(self.settings))})")
+        self.model.load_state_dict(state["model"])
+        self.step_fn.optimizer.load_state_dict(state["optimizer"])
+        self.step_fn.scaler.load_state_dict(state["scaler"])
+        runtime = self.runtime
+        if len(state["rng"]) == runtime.world_size:
+            checkpoint.set_rng_state(state["rng"][runtime.rank])
+        else:
+            log.warning("checkpoint written by %d ranks, resuming on %d: data order is kept, "
+                        "masking noise is reseeded", len(state["rng"]), runtime.world_size)
+            seed_everything(self.settings.seed + runtime.rank + state["step"])
+
+
+def prepare_output_dir(settings: LoopSettings, runtime: Runtime) -> Path:
+    """Create ``output_dir`` and write ``config.json`` there (rank 0); returns the folder."""
+    output_dir = Path(settings.output_dir)
+    if runtime.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config_json = json.dumps(_settings_dict(settings), indent=2)
+        log.info("config (%s, world size %d):\n%s", runtime.device, runtime.world_size,
+                 config_json)
+        (output_dir / "config.json").write_text(config_json + "\n")
+    return output_dir
+
+
+def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
+        optimizer: torch.optim.Optimizer, forward: Forward, loader: DataLoader,
+        sampler: ResumableSampler, schedule: Callable[[int], float],
+        hooks: Sequence[StepHook] = ()) -> int:
+    """Train ``model`` until ``settings.epochs`` (or ``max_steps``); returns the exit status 0.
+
+    Args:
+        settings: the recipe's config (:class:`LoopSettings`), saved in every checkpoint.
+        model: the module to train and checkpoint, on ``runtime.device``, not yet DDP-wrapped
+            (resume loads into it first; :func:`fit` wraps it under torchrun).
+        optimizer: its optimiser.
+        forward: the loss of one micro-batch (:data:`~splathead_recipes.train_step.Forward`).
+        loader, sampler: this rank's micro-batches from :func:`~splathead_recipes.data.build_loader`.
+        schedule: learning rate of each step.
+        hooks: called after every step (:data:`StepHook`).
+
+    Raises:
+        NonFiniteLossError: a loss or gradient became NaN/Inf (no step was taken with it).
+        ConfigError: the checkpoint to resume from does not fit this run.
+    """
+    output_dir = prepare_output_dir(settings, runtime)
+    steps_per_epoch = sampler.steps_per_epoch
+    total_steps = settings.epochs * steps_per_epoch
+    last_step = min(total_steps, settings.max_steps) if settings.max_steps else total_steps
+    # Masking draws from the global generator: a different stream per rank.
+    seed_everything(settings.seed + runtime.rank)
+
+    use_cuda = runtime.device.type == "cuda"
+    step_fn = TrainStep(model, optimizer, forward=forward, accum_steps=settings.accum_steps,
+                        clip_grad=settings.clip_grad, precision=settings.precision,
+                        device=runtime.device)
+    checkpointer = Checkpointer(settings, runtime, model, step_fn, steps_per_epoch)
+    step, skipped_total = checkpointer.resume()
+    if settings.compile:
+        compile_blocks(model)
+    if runtime.distributed:
+        step_fn.model = DistributedDataParallel(model, device_ids=[runtime.local_rank]
+                                                if use_cuda else None)
+    log.info("%.1fM parameters, %d steps per epoch, %d per-GPU x %d accum x %d ranks = batch %d",
+             sum(p.numel() for p in model.parameters()) / 1e6, steps_per_epoch,
+             loader.batch_size, settings.accum_steps, runtime.world_size, settings.batch_size)
+
+    metrics = (MetricsLog(output_dir, start_step=step, total_steps=last_step,
+                          images_per_step=settings.batch_size, steps_per_epoch=steps_per_epoch)
+               if runtime.is_main else None)
+    with StopSignal() as stop:
+        step_fn.model.train()
+        while step < last_step:
+            epoch = step // steps_per_epoch
+            sampler.set_epoch(epoch)
+            sampler.set_start_step(step - epoch * steps_per_epoch)
+            batches = iter(loader)
+            epoch_end = min((epoch + 1) * steps_per_epoch, last_step)
+            while step < epoch_end:
+                lr = schedule(step)
+                step_fn.set_learning_rate(lr)
+                result = step_fn(batches, stop_requested=stop.received is not None)
+                if result.non_finite:
+                    newest = checkpoint.list_checkpoints(output_dir)
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at step {step} (epoch {epoch}); stopped "
+                        f"before the optimiser step. Last good checkpoint: "
+                        f"{newest[0] if newest else 'none'}")
+                step += 1
+                skipped_total += result.num_skipped
+                extra = {name: value for hook in hooks
+                         for name, value in hook(step, result).items()}
+                if metrics is not None:
+                    metrics.log_step(step, loss=result.loss, lr=lr, grad_norm=result.grad_norm,
+                                     skipped_images=skipped_total, extra=extra,
+                                     full=step % settings.log_every == 0 or step == last_step)
+                if result.num_skipped:
+                    log.warning("step %d: %d unreadable images replaced (%d so far)", step,
+                                result.num_skipped, skipped_total)
+                if result.stop:
+                    log.info("signal received: checkpointing at step %d and exiting", step)
+                    checkpointer.save(step, skipped_total)
+                    return finish(metrics, model, runtime, step)
+                if step % settings.checkpoint_every == 0 or step == epoch_end:
+                    checkpointer.save(step, skipped_total)
+    return finish(metrics, model, runtime, step)
+
+
+def finish(metrics: MetricsLog | None, model: nn.Module, runtime: Runtime, step: int) -> int:
+    """Record the end of the run with each rank's parameter checksum; returns 0."""
+    # Replicas must hold identical weights; record each rank's checksum to show it.
+    checksum = sum(p.detach().double().sum().item() for p in model.parameters())
+    checksums = distributed.all_gather_floats(checksum, runtime.device)
+    if metrics is not None:
+        metrics.event("end", step, param_checksums=checksums)
+        metrics.close()
+        output_dir = metrics.path.parent
+        log.info("step %d: checkpoints and config.json in %s/, metrics in %s, TensorBoard in "
+                 "%s/, PNG grids in %s/", step, output_dir, metrics.path,
+                 output_dir / "tensorboard", output_dir / "images")
+    return 0

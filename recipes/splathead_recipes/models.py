@@ -1,0 +1,40 @@
+"""The models a recipe may build, by name, and a model rebuilt from a pretraining checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import splathead
+from splathead import GMAE
+
+from splathead_recipes import checkpoint
+
+if TYPE_CHECKING:
+    from splathead_recipes.config import Config
+
+# The factories exported at the package top level, so the registry does not depend on the module
+# that defines them. ``--model`` must name one of these (checked in validation).
+MODEL_FACTORIES: dict[str, Callable[..., GMAE]] = {
+    "gmae_vit_base_patch16": splathead.gmae_vit_base_patch16,
+    "gmae_vit_tiny": splathead.gmae_vit_tiny,
+}
+
+
+def build_model(config: Config) -> GMAE:
+    """An untrained GMAE with the config's architecture (random weights, MAE's initialisation)."""
+    factory = MODEL_FACTORIES[config.model]
+    return factory(img_size=config.img_size, num_queries=config.num_gaussians,
+                   max_scale=config.max_scale, mask_ratio=config.mask_ratio,
+                   backend=config.render_backend)
+
+
+def load_pretrained(path: Path) -> GMAE:
+    """The GMAE saved in a pretraining checkpoint, rebuilt from the config stored beside it."""
+    from splathead_recipes.config import load_config  # here: config imports the registry
+
+    state = checkpoint.load(path)
+    model = build_model(load_config(state["config"]))
+    model.load_state_dict(state["model"])
+    return model
