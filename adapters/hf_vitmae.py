@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from splathead.losses import patch_grid
@@ -54,7 +55,8 @@ class HFViTMAEEncoder(nn.Module):
         Without ``interpolate_pos_encoding`` only the model's ``config.image_size`` is accepted;
         with it any size divisible by the patch size.
         """
-        built_for = tuple(self.model.embeddings.image_size)
+        # the patch embedding holds the size in transformers 4.x and 5 alike
+        built_for = tuple(self.model.embeddings.patch_embeddings.image_size)
         if not self.interpolate_pos_encoding and (height, width) != built_for:
             raise ValueError(
                 f"images are {height}x{width} but the model was built for {built_for[0]}x"
@@ -70,7 +72,11 @@ class HFViTMAEEncoder(nn.Module):
         height, width = images.shape[-2:]
         self.grid_size(height, width)
         embeddings = self.model.embeddings
-        patches = embeddings.patch_embeddings(images)
+        # The projection rather than the module's forward: 4.x's forward rejects other image sizes
+        # unless passed interpolate_pos_encoding, a keyword that 5.x no longer takes.
+        patches = rearrange(
+            embeddings.patch_embeddings.projection(images), "b d gh gw -> b (gh gw) d"
+        )
         if self.interpolate_pos_encoding:
             # called with the patch tokens only, exactly as ViTMAEEmbeddings.forward calls it
             positions = embeddings.interpolate_pos_encoding(patches, height, width)
