@@ -5,6 +5,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hidden_keys import keys_hidden_from_attention  # noqa: E402
 from splathead.adapters import HFDinov2Encoder, MaskedEncoder  # noqa: E402
 from splathead.masking import gather_tokens  # noqa: E402
 
@@ -65,17 +66,18 @@ def test_dropping_patches_equals_hf_with_hidden_patches_left_out_of_attention(
     make_model, patch_size, built_for, image_size
 ):
     # Dropping a token is the same as hiding it from every attention (the rest is per token), so
-    # HF's own forward with a key mask is the reference for the visible tokens.
+    # HF's own forward with those keys hidden is the reference for the visible tokens.
     model = make_model(patch_size=patch_size, image_size=built_for)
     encoder = HFDinov2Encoder(model)
     images = torch.randn(2, 3, *image_size)
     num_patches = (image_size[0] // patch_size) * (image_size[1] // patch_size)
     ids_keep = random_ids_keep(2, num_patches, num_patches // 4)
-    visible = torch.zeros(2, num_patches, dtype=torch.long).scatter_(1, ids_keep, 1)
+    visible = torch.zeros(2, num_patches, dtype=torch.bool).scatter_(1, ids_keep, True)
     prefix = encoder.num_prefix_tokens
-    attention_mask = torch.cat([torch.ones(2, prefix, dtype=torch.long), visible], dim=1)
+    visible = torch.cat([torch.ones(2, prefix, dtype=torch.bool), visible], dim=1)
     with torch.no_grad():
-        expected = model(images, attention_mask=attention_mask).last_hidden_state
+        with keys_hidden_from_attention(visible, model.config.num_hidden_layers):
+            expected = model(images).last_hidden_state
         tokens = encoder(images, ids_keep)
     assert tokens.shape == (2, prefix + num_patches // 4, 32)
     torch.testing.assert_close(tokens[:, :prefix], expected[:, :prefix])

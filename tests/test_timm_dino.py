@@ -5,6 +5,7 @@ import pytest
 import timm
 import torch
 
+from hidden_keys import keys_hidden_from_attention
 from splathead.adapters import TimmViTEncoder, wrap
 from splathead.masking import gather_tokens
 
@@ -40,11 +41,11 @@ def create(name, overrides):
 
 
 def key_mask(ids_keep, num_prefix_tokens, num_patches):
-    """``[b 1 1 prefix+l]`` True for the tokens every query may attend to: prefix and visible."""
+    """``[b prefix+l]`` True for the tokens every query may attend to: prefix and visible."""
     batch_size = ids_keep.shape[0]
     visible = torch.zeros(batch_size, num_patches, dtype=torch.bool).scatter_(1, ids_keep, True)
     prefix = torch.ones(batch_size, num_prefix_tokens, dtype=torch.bool)
-    return torch.cat([prefix, visible], dim=1)[:, None, None, :]
+    return torch.cat([prefix, visible], dim=1)
 
 
 def test_create_model_without_pretrained_weights_is_offline(no_network):
@@ -80,7 +81,7 @@ def test_dropping_patches_equals_forward_features_with_hidden_patches_left_out_o
     name, overrides, image_size
 ):
     # Dropping a token is the same as hiding it from every attention (the rest is per token), so
-    # timm's own forward_features with a key mask is the reference for the visible tokens.
+    # timm's own forward_features with those keys hidden is the reference for the visible tokens.
     vit = create(name, overrides)
     encoder = wrap(vit)
     prefix = encoder.num_prefix_tokens
@@ -89,7 +90,8 @@ def test_dropping_patches_equals_forward_features_with_hidden_patches_left_out_o
     ids_keep = torch.stack([torch.randperm(num_patches)[: num_patches // 4] for _ in range(2)])
     images = torch.randn(2, 3, *image_size)
     with torch.no_grad():
-        expected = vit.forward_features(images, attn_mask=key_mask(ids_keep, prefix, num_patches))
+        with keys_hidden_from_attention(key_mask(ids_keep, prefix, num_patches), len(vit.blocks)):
+            expected = vit.forward_features(images)
         tokens = encoder(images, ids_keep)
         unmasked = vit.forward_features(images)
     assert tokens.shape == (2, prefix + num_patches // 4, 32)
@@ -105,7 +107,8 @@ def test_cls_and_registers_are_never_masked(num_kept):
     images = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         tokens = wrap(vit)(images, ids_keep)
-        expected = vit.forward_features(images, attn_mask=key_mask(ids_keep, 5, 16))
+        with keys_hidden_from_attention(key_mask(ids_keep, 5, 16), len(vit.blocks)):
+            expected = vit.forward_features(images)
     assert tokens.shape == (1, 5 + num_kept, 32)
     torch.testing.assert_close(tokens[:, :5], expected[:, :5])
 
