@@ -5,6 +5,7 @@ from jaxtyping import TypeCheckError
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from hidden_keys import keys_hidden_from_attention
 from splathead.adapters.base import MaskedEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder
 from splathead.masking import RandomMasking
@@ -44,6 +45,12 @@ CONFIGS = {
         lambda: tiny_timm_model("vit_small_patch14_reg4_dinov2", img_size=42),
         (42, 42),
         5,
+    ),
+    # CLIP-style: a LayerNorm (norm_pre) between the embeddings and the first block
+    "clip_pre_norm": (
+        lambda: tiny_timm_model("vit_base_patch16_clip_224", img_size=64),
+        (64, 64),
+        1,
     ),
     "img_size_override_non_square": (
         lambda: tiny_timm_model("vit_small_patch16_224", img_size=(32, 64)),
@@ -113,8 +120,8 @@ def test_keeping_every_patch_in_grid_order_equals_forward_features(config):
 
 @torch.no_grad()
 def test_partial_keep_equals_forward_features_with_hidden_patches_out_of_attention(config):
-    # Attention is the only place tokens meet, so blocking attention to hidden patches in timm's
-    # own forward pass must give the visible tokens exactly what encoding them alone gives.
+    # Attention is the only place tokens meet, so hiding the dropped patches from attention in
+    # timm's own forward pass must give the visible tokens exactly what encoding them alone gives.
     encoder, images = config
     prefix = encoder.num_prefix_tokens
     ids_keep = random_ids_keep(encoder, images)
@@ -123,7 +130,8 @@ def test_partial_keep_equals_forward_features_with_hidden_patches_out_of_attenti
     visible[:, :prefix] = True
     visible[:, prefix:].scatter_(1, ids_keep, True)
 
-    reference = encoder.vit.forward_features(images, attn_mask=visible[:, None, None, :])
+    with keys_hidden_from_attention(visible, num_blocks=len(encoder.vit.blocks)):
+        reference = encoder.vit.forward_features(images)
 
     kept_rows = torch.cat([torch.arange(prefix).expand(batch, -1), ids_keep + prefix], dim=1)
     expected = reference[torch.arange(batch)[:, None], kept_rows]
