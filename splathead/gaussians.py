@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from splathead.camera import Camera
+from splathead.indexing import batched_gather
 from splathead.typing import Bool, Float, Int, Tensor, typecheck
 
 _FIELDS = ("means", "scales", "quats", "colors", "opacities")
@@ -116,15 +117,7 @@ class Gaussians:
             raise ValueError(
                 f"indices has batch size {indices.shape[0]}, expected {self.batch_size}"
             )
-        return self.map(
-            lambda field: torch.gather(
-                field,
-                1,
-                indices.reshape(*indices.shape, *([1] * (field.dim() - 2))).expand(
-                    -1, -1, *field.shape[2:]
-                ),
-            )
-        )
+        return self.map(lambda field: batched_gather(field, indices))
 
     @typecheck
     def where(self, keep: Bool[Tensor, "b n"]) -> Gaussians:

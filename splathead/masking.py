@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from einops import repeat
 
+from splathead.indexing import batched_gather
 from splathead.typing import Bool, Float, Int, Shaped, Tensor, typecheck
 
 __all__ = ["PatchMask", "RandomMasking", "gather_tokens", "restore_tokens"]
@@ -297,7 +298,7 @@ def gather_tokens(
 
     Indices must lie in ``[0, l)``; ``k`` may exceed ``l`` (repeated indices are allowed).
     """
-    return torch.gather(tokens, 1, repeat(ids.long(), "b k -> b k d", d=tokens.shape[2]))
+    return batched_gather(tokens, ids)
 
 
 @typecheck
