@@ -28,9 +28,10 @@ from torch.utils.checkpoint import checkpoint
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.head import shoemake_quaternion
+from splathead.indexing import batched_gather
 from splathead.render import SplatRenderer
 from splathead.render.projection import project_gaussians
-from splathead.render.torch_backend import composite
+from splathead.render.composite import composite
 
 
 def gmae_scene(images: int, gaussians: int, *, device: str, seed: int = 0) -> Gaussians:
@@ -53,18 +54,12 @@ def gmae_scene(images: int, gaussians: int, *, device: str, seed: int = 0) -> Ga
 
 def render_dense(gaussians: Gaussians, camera: Camera, images_per_chunk: int = 1) -> torch.Tensor:
     """The naive baseline: every Gaussian at every pixel, checkpointed per chunk of images."""
-    viewmat, intrinsics = camera.viewmat.to(gaussians.device), camera.intrinsics.to(gaussians.device)
     projected = project_gaussians(
-        gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, viewmat=viewmat,
-        intrinsics=intrinsics, width=camera.width, height=camera.height, model=camera.model,
+        gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, camera
     )
     order = torch.argsort(projected.depths.detach(), dim=1, stable=True)
-
-    def by_depth(field: torch.Tensor) -> torch.Tensor:
-        return torch.gather(field, 1, order.view(*order.shape, *[1] * (field.dim() - 2)).expand_as(field))
-
     visible = (projected.radii > 0).all(-1)
-    fields = [by_depth(t) for t in (projected.means2d, projected.conics, gaussians.opacities * visible, gaussians.colors)]
+    fields = [batched_gather(t, order) for t in (projected.means2d, projected.conics, gaussians.opacities * visible, gaussians.colors)]
     b = gaussians.batch_size
     xs = (torch.arange(camera.width, device=gaussians.device) + 0.5).expand(b, -1)
     ys = (torch.arange(camera.height, device=gaussians.device) + 0.5).expand(b, -1)

@@ -86,19 +86,8 @@ def draw_gaussians(
 
     Drawn with PIL on the CPU, so it is for a handful of images, not for training loops.
     """
-    projected = project_gaussians(
-        gaussians.means.detach().float().cpu(),
-        gaussians.quats.detach().float().cpu(),
-        gaussians.scales.detach().float().cpu(),
-        gaussians.opacities.detach().float().cpu(),
-        viewmat=camera.viewmat,
-        intrinsics=camera.intrinsics,
-        width=camera.width,
-        height=camera.height,
-        model=camera.model,
-        near=camera.near,
-        far=camera.far,
-    )
+    cpu = gaussians.detach().to("cpu", torch.float32)
+    projected = project_gaussians(cpu.means, cpu.quats, cpu.scales, cpu.opacities, camera)
     a, b, c = projected.conics.unbind(-1)
     covariance = torch.linalg.inv(torch.stack([a, b, b, c], dim=-1).reshape(*a.shape, 2, 2))
     # Any square root of the covariance maps the unit circle onto the 1-sigma ellipse.
@@ -112,7 +101,7 @@ def draw_gaussians(
 
     canvases = []
     shade = round(255 * min(max(background, 0.0), 1.0))
-    opacities = gaussians.opacities.detach().float().cpu()
+    opacities = cpu.opacities
     for image in range(gaussians.batch_size):
         canvas = Image.new("RGB", (camera.width, camera.height), (shade,) * 3)
         draw = ImageDraw.Draw(canvas, "RGBA")

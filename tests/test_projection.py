@@ -44,11 +44,7 @@ def random_gaussians(seed: int, b: int, n: int, spread: float = 1.0):
 
 
 def project(camera: Camera, means, quats, scales, opacities=None):
-    return project_gaussians(
-        means, quats, scales, opacities, viewmat=camera.viewmat.to(means.dtype),
-        intrinsics=camera.intrinsics.to(means.dtype), width=camera.width, height=camera.height, model=camera.model, near=camera.near,
-        far=camera.far,
-    )
+    return project_gaussians(means, quats, scales, opacities, camera)
 
 
 def gsplat_projection(camera: Camera, means, quats, scales):

@@ -103,7 +103,7 @@ def test_bad_default_background_is_rejected_at_construction(background):
 
 
 def test_unknown_backend_is_rejected_at_construction():
-    with pytest.raises(ValueError, match="backend must be 'auto', 'torch' or 'gsplat'"):
+    with pytest.raises(ValueError, match="backend must be 'auto', 'torch', 'gsplat' or a RenderBackend"):
         SplatRenderer(Camera.gmae(16, 16), backend="cuda")
 
 
@@ -132,10 +132,30 @@ def test_auto_picks_torch_on_cpu_and_logs_the_choice_once(caplog):
     ]
 
 
-def test_camera_moves_with_the_module_and_is_not_in_the_state_dict(renderer):
+def test_renderer_moves_with_the_module_and_keeps_nothing_in_the_state_dict(renderer):
     assert dict(renderer.state_dict()) == {}
     moved = renderer.to(torch.float64)
-    assert moved.viewmat.dtype == torch.float64 and moved.intrinsics.dtype == torch.float64
+    assert moved.background.dtype == torch.float64
+    assert moved(gaussians(dtype=torch.float64)).image.dtype == torch.float64
+
+
+def test_an_object_without_name_and_render_is_rejected_as_backend():
+    with pytest.raises(TypeError, match="backend must be 'auto', 'torch', 'gsplat' or a RenderBackend"):
+        SplatRenderer(Camera.gmae(16, 16), backend=object())
+
+
+class ShapeBreakingBackend:
+    name = "broken"
+
+    def render(self, gaussians, camera, background, *, render_depth):
+        image = background[:, :, None, None].expand(-1, -1, camera.height, camera.width + 1)
+        return RenderOutput(image, image[:, :1], None)
+
+
+def test_a_backend_returning_the_wrong_shape_is_an_error_naming_it():
+    renderer = SplatRenderer(Camera.gmae(16, 16), backend=ShapeBreakingBackend())
+    with pytest.raises(ValueError, match=r"backend 'broken' returned image \(2, 3, 16, 17\), expected \(2, 3, 16, 16\)"):
+        renderer(gaussians())
 
 
 @pytest.mark.parametrize("c", [1, 2, 5])

@@ -1,5 +1,28 @@
-"""Differentiable splatting: `SplatRenderer` with a pure-torch and a gsplat backend."""
+"""Differentiable splatting: `SplatRenderer` over pluggable backends.
 
-from splathead.render.renderer import RenderOutput, SplatRenderer
+- :class:`RenderBackend`, :class:`RenderOutput`: the contract a backend fulfils
+- :class:`TorchBackend` ("torch"), :class:`GsplatBackend` ("gsplat"), :class:`ReferenceBackend`
+  (the definition in code, :func:`render_reference`)
+- :func:`project_gaussians`: EWA projection shared by the torch and reference backends
+"""
 
-__all__ = ["RenderOutput", "SplatRenderer"]
+from splathead.render.backend import RenderBackend, RenderOutput
+from splathead.render.gsplat_backend import GsplatBackend, gsplat_available
+from splathead.render.projection import ProjectedGaussians, project_gaussians
+from splathead.render.reference import ReferenceBackend, render_reference
+from splathead.render.renderer import BackendName, SplatRenderer
+from splathead.render.torch_backend import TorchBackend
+
+__all__ = [
+    "BackendName",
+    "GsplatBackend",
+    "ProjectedGaussians",
+    "ReferenceBackend",
+    "RenderBackend",
+    "RenderOutput",
+    "SplatRenderer",
+    "TorchBackend",
+    "gsplat_available",
+    "project_gaussians",
+    "render_reference",
+]

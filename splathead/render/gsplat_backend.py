@@ -15,9 +15,13 @@ import importlib.util
 import torch
 from einops import rearrange
 
-from splathead.camera import CameraModel
+from splathead.camera import Camera
+from splathead.gaussians import Gaussians
+from splathead.render.backend import RenderOutput
 from splathead.render.projection import EPS2D, zero_quats_to_identity
 from splathead.typing import Float, Tensor, typecheck
+
+__all__ = ["GsplatBackend", "gsplat_available"]
 
 
 def gsplat_available() -> bool:
@@ -25,69 +29,66 @@ def gsplat_available() -> bool:
     return importlib.util.find_spec("gsplat") is not None
 
 
-@typecheck
-def render(
-    means: Float[Tensor, "b n 3"],
-    quats: Float[Tensor, "b n 4"],
-    scales: Float[Tensor, "b n 3"],
-    colors: Float[Tensor, "b n c"],
-    opacities: Float[Tensor, "b n"],
-    background: Float[Tensor, "b c"],
-    *,
-    viewmat: Float[Tensor, "4 4"],
-    intrinsics: Float[Tensor, "3 3"],
-    width: int,
-    height: int,
-    model: CameraModel = "pinhole",
-    near: float = 0.01,
-    far: float = 1e10,
-    render_depth: bool = False,
-) -> tuple[Float[Tensor, "b c h w"], Float[Tensor, "b 1 h w"], Float[Tensor, "b 1 h w"] | None]:
-    """Same contract as :func:`splathead.render.torch_backend.render`; float32 CUDA tensors only.
+class GsplatBackend:
+    """The "gsplat" :class:`~splathead.render.RenderBackend`: float32 CUDA tensors only.
 
-    Raises ``ImportError`` if gsplat is missing and ``ValueError``/``TypeError`` naming the tensor
-    that is not a float32 CUDA tensor.
+    Raises ``ImportError`` when built without gsplat installed.
     """
-    if not gsplat_available():
-        raise ImportError(
-            "the gsplat backend needs gsplat: pip install 'splathead[gsplat]' (gsplat==1.5.3), "
-            "or use backend='torch'"
-        )
-    import gsplat
 
-    tensors = dict(
-        means=means, quats=quats, scales=scales, colors=colors, opacities=opacities,
-        background=background, viewmat=viewmat, intrinsics=intrinsics,
-    )
-    for name, tensor in tensors.items():
-        if tensor.device.type != "cuda":
-            raise ValueError(
-                f"the gsplat backend needs CUDA tensors, but {name} is on {tensor.device}"
+    name = "gsplat"
+
+    def __init__(self) -> None:
+        if not gsplat_available():
+            raise ImportError(
+                "the gsplat backend needs gsplat: pip install 'splathead[gsplat]' "
+                "(gsplat==1.5.3), or use backend='torch'"
             )
-        if tensor.dtype != torch.float32:
-            raise TypeError(f"the gsplat backend computes in float32, but {name} is {tensor.dtype}")
 
-    b = means.shape[0]
-    # gsplat normalises quaternions without a guard (NaN for zero); read zero as the identity.
-    quats = zero_quats_to_identity(quats)
-    with torch.autocast(device_type="cuda", enabled=False):
-        rendered, alpha, _ = gsplat.rasterization(
-            means, quats, scales, opacities, colors,
-            viewmats=viewmat.expand(b, 1, 4, 4),
-            Ks=intrinsics.expand(b, 1, 3, 3),
-            width=width,
-            height=height,
-            near_plane=near,
-            far_plane=far,
-            eps2d=EPS2D,
-            packed=False,
-            rasterize_mode="classic",
-            camera_model=model,
-            backgrounds=background[:, None, :],
-            render_mode="RGB+ED" if render_depth else "RGB",
-        )
-    rendered = rearrange(rendered, "b 1 h w f -> b f h w")
-    alpha = rearrange(alpha, "b 1 h w 1 -> b 1 h w")
-    c = colors.shape[-1]
-    depth = rendered[:, c:] if render_depth else None
-    return rendered[:, :c], alpha, depth
+    @typecheck
+    def render(
+        self,
+        gaussians: Gaussians,
+        camera: Camera,
+        background: Float[Tensor, "b c"],
+        *,
+        render_depth: bool,
+    ) -> RenderOutput:
+        """Same contract as the torch backend; raises ``TypeError`` unless the Gaussians are
+        float32 and ``ValueError`` unless they are on CUDA (the background is on their device
+        and of their dtype, as the renderer passes it)."""
+        import gsplat
+
+        if gaussians.dtype != torch.float32:
+            raise TypeError(
+                f"Gaussians are {str(gaussians.dtype).removeprefix('torch.')} but the gsplat "
+                "backend computes in float32; cast them with gaussians.to(torch.float32) or use "
+                "backend='torch'"
+            )
+        if gaussians.device.type != "cuda":
+            raise ValueError(
+                f"the gsplat backend needs CUDA tensors, but means is on {gaussians.device}"
+            )
+
+        b, c = gaussians.batch_size, gaussians.num_channels
+        # gsplat normalises quaternions without a guard (NaN for zero); read zero as the identity.
+        quats = zero_quats_to_identity(gaussians.quats)
+        with torch.autocast(device_type="cuda", enabled=False):
+            rendered, alpha, _ = gsplat.rasterization(
+                gaussians.means, quats, gaussians.scales, gaussians.opacities, gaussians.colors,
+                viewmats=camera.viewmat.to(gaussians.means).expand(b, 1, 4, 4),
+                Ks=camera.intrinsics.to(gaussians.means).expand(b, 1, 3, 3),
+                width=camera.width,
+                height=camera.height,
+                near_plane=camera.near,
+                far_plane=camera.far,
+                eps2d=EPS2D,
+                packed=False,
+                rasterize_mode="classic",
+                camera_model=camera.model,
+                backgrounds=background[:, None, :],
+                render_mode="RGB+ED" if render_depth else "RGB",
+            )
+        rendered = rearrange(rendered, "b 1 h w f -> b f h w")
+        alpha = rearrange(alpha, "b 1 h w 1 -> b 1 h w")
+        depth = rendered[:, c:] if render_depth else None
+        return RenderOutput(image=rendered[:, :c], alpha=alpha, depth=depth)

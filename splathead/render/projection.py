@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from splathead.camera import CameraModel
+from splathead.camera import Camera
 from splathead.typing import Float, Int, Tensor, typecheck
 
 EPS2D = 0.3
@@ -104,31 +104,24 @@ def project_gaussians(
     quats: Float[Tensor, "b n 4"],
     scales: Float[Tensor, "b n 3"],
     opacities: Float[Tensor, "b n"] | None,
+    camera: Camera,
     *,
-    viewmat: Float[Tensor, "4 4"],
-    intrinsics: Float[Tensor, "3 3"],
-    width: int,
-    height: int,
-    model: CameraModel = "pinhole",
-    near: float = 0.01,
-    far: float = 1e10,
     eps2d: float = EPS2D,
 ) -> ProjectedGaussians:
-    """Project world-space Gaussians to the image of one camera (see the module docstring).
+    """Project world-space Gaussians to the image of ``camera`` (see the module docstring).
 
     Args:
         means, quats, scales: world-space Gaussians (scales are standard deviations).
         opacities: peak opacities, for gsplat 1.5's opacity-aware radii and culling; ``None``
             uses the fixed 3.33-sigma extent.
-        viewmat: world-to-camera transform (OpenCV: +z forward, +y down), same device and dtype.
-        intrinsics: ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels.
-        width, height: image size in pixels (for the frustum clamp and the culling).
-        model: "pinhole" or "ortho".
-        near, far: depth range kept (camera-space z).
+        camera: its matrices are brought to the device and dtype of ``means``; its size bounds
+            the frustum clamp and the culling, ``near`` and ``far`` the depth range kept.
         eps2d: blur added to the 2D covariance's diagonal (px^2).
 
     Differentiable in ``means2d``, ``conics`` and ``depths``; ``radii`` are integers.
     """
+    viewmat, intrinsics = camera.viewmat.to(means), camera.intrinsics.to(means)
+    width, height, near, far = camera.width, camera.height, camera.near, camera.far
     rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
     means_cam = means @ rotation.T + translation
     covars_cam = rotation @ covariance_3d(quats, scales) @ rotation.T
@@ -137,7 +130,7 @@ def project_gaussians(
     in_depth_range = (z >= near) & (z <= far)
 
     zero = torch.zeros_like(z)
-    if model == "pinhole":
+    if camera.model == "pinhole":
         # Culled centres (z <= 0 among them) divide by 1 instead, so no inf/NaN reaches autograd.
         z = torch.where(in_depth_range, z, torch.ones_like(z))
         u, v = x / z, y / z
@@ -146,11 +139,11 @@ def project_gaussians(
         tx = z * torch.clamp(u, min=-(cx / fx + margin_x), max=(width - cx) / fx + margin_x)
         ty = z * torch.clamp(v, min=-(cy / fy + margin_y), max=(height - cy) / fy + margin_y)
         rows = [fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2]
-    elif model == "ortho":
+    elif camera.model == "ortho":
         means2d = torch.stack([fx * x + cx, fy * y + cy], dim=-1)
         rows = [fx + zero, zero, zero, zero, fy + zero, zero]
     else:
-        raise ValueError(f"model must be 'pinhole' or 'ortho', got {model!r}")
+        raise ValueError(f"camera.model must be 'pinhole' or 'ortho', got {camera.model!r}")
     jacobian = rearrange(torch.stack(rows, dim=-1), "... (i j) -> ... i j", i=2)
     covars2d = jacobian @ covars_cam @ jacobian.transpose(-1, -2)
     covars2d = covars2d + eps2d * torch.eye(2, dtype=covars2d.dtype, device=covars2d.device)

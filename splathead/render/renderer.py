@@ -1,49 +1,41 @@
-"""`SplatRenderer`: Gaussians in, channels-first images out, through a torch or gsplat backend."""
+"""`SplatRenderer`: Gaussians in, channels-first images out, through a pluggable backend."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import nn
 
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
-from splathead.render import gsplat_backend, torch_backend
+from splathead.render.backend import RenderBackend, RenderOutput
+from splathead.render.gsplat_backend import GsplatBackend, gsplat_available
+from splathead.render.torch_backend import TorchBackend
 from splathead.typing import Float, Tensor, typecheck
 
 logger = logging.getLogger("splathead")
 
 BackendName = Literal["auto", "torch", "gsplat"]
+_BUILT_IN = {"torch": TorchBackend, "gsplat": GsplatBackend}
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-class RenderOutput(NamedTuple):
-    """What :class:`SplatRenderer` returns; all channels-first."""
-
-    image: Float[Tensor, "b c h w"]
-    """Composited features plus ``T_final * background``."""
-    alpha: Float[Tensor, "b 1 h w"]
-    """Coverage ``1 - T_final`` in [0, 1)."""
-    depth: Float[Tensor, "b 1 h w"] | None
-    """Expected camera z, ``sum_k alpha_k T_k z_k / alpha`` (0 where nothing is drawn), or
-    ``None`` unless the renderer was built with ``render_depth=True``."""
 
 
 class SplatRenderer(nn.Module):
     """Differentiable splatting of a batch of Gaussian sets with one fixed camera.
 
-    Computes exactly gsplat 1.5's classic rasterization (see :mod:`splathead.render.torch_backend`
-    for the maths): EWA projection with 0.3 px^2 blur, front-to-back compositing in camera z,
-    pixel centres at ``(j + 0.5, i + 0.5)``.
+    Computes exactly gsplat 1.5's classic rasterization (:mod:`splathead.render.reference` is
+    the definition in code): EWA projection with 0.3 px^2 blur, front-to-back compositing in
+    camera z, pixel centres at ``(j + 0.5, i + 0.5)``.
 
     Args:
         camera: the camera every image is rendered with, e.g. ``Camera.gmae(224, 224)``.
-        backend: "torch" (pure PyTorch, any device, the reference), "gsplat" (CUDA kernels,
-            float32 CUDA tensors only) or "auto": gsplat when the renderer lives on a CUDA
-            device and gsplat is importable, torch otherwise. The choice is ``self.backend``
+        backend: "torch" (pure PyTorch, any device), "gsplat" (CUDA kernels, float32 CUDA
+            tensors only), "auto": gsplat when the renderer lives on a CUDA device and gsplat is
+            importable, torch otherwise; or any object implementing
+            :class:`~splathead.render.RenderBackend`. The backend's name is ``self.backend``
             and is logged (logger "splathead") the first time it is used.
         background: default background colour: a float for every channel, a sequence of ``c``
             floats, or a tensor ``[c]``. White (1.0) by default, as in the GMAE paper.
@@ -58,25 +50,28 @@ class SplatRenderer(nn.Module):
     autocast's own float32 ops (the image usually feeds an MSE loss).
     """
 
-    viewmat: Tensor
-    intrinsics: Tensor
     background: Tensor
 
     def __init__(
         self,
         camera: Camera,
         *,
-        backend: BackendName = "auto",
+        backend: BackendName | RenderBackend = "auto",
         background: float | Sequence[float] | Tensor = 1.0,
         render_depth: bool = False,
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
-        if backend not in ("auto", "torch", "gsplat"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
-        if backend == "gsplat" and not gsplat_backend.gsplat_available():
-            raise ImportError(
-                "backend='gsplat' needs gsplat: pip install 'splathead[gsplat]' (gsplat==1.5.3)"
+        if isinstance(backend, str):
+            if backend not in ("auto", *_BUILT_IN):
+                raise ValueError(
+                    f"backend must be 'auto', 'torch', 'gsplat' or a RenderBackend, got {backend!r}"
+                )
+        elif not isinstance(backend, RenderBackend):
+            raise TypeError(
+                "backend must be 'auto', 'torch', 'gsplat' or a RenderBackend (a `name` and "
+                f"`render(gaussians, camera, background, *, render_depth)`), got "
+                f"{type(backend).__name__}"
             )
         background = torch.as_tensor(background, dtype=torch.float32).detach().clone()
         if background.dim() > 1 or background.numel() == 0:
@@ -89,19 +84,24 @@ class SplatRenderer(nn.Module):
         self.requested_backend = backend
         self.render_depth = render_depth
         self.check_inputs = check_inputs
-        # Non-persistent buffers: `.to(device)` moves them, checkpoints don't store them.
-        self.register_buffer("viewmat", camera.viewmat.clone(), persistent=False)
-        self.register_buffer("intrinsics", camera.intrinsics, persistent=False)
+        # Non-persistent: `.to(device)` moves it (and so the renderer), checkpoints don't store it.
         self.register_buffer("background", background, persistent=False)
+        # Built-in backends by name; "gsplat" is built now so that a missing gsplat fails here.
+        self._built_in: dict[str, RenderBackend] = {}
+        if backend == "gsplat":
+            self._built_in["gsplat"] = GsplatBackend()
         self._logged_backend: str | None = None
 
     @property
-    def backend(self) -> Literal["torch", "gsplat"]:
-        """The backend that renders: "auto" resolves by the renderer's device."""
-        if self.requested_backend != "auto":
-            return self.requested_backend
-        on_cuda = self.viewmat.device.type == "cuda"
-        return "gsplat" if on_cuda and gsplat_backend.gsplat_available() else "torch"
+    def backend(self) -> str:
+        """The name of the backend that renders: "auto" resolves by the renderer's device."""
+        requested = self.requested_backend
+        if not isinstance(requested, str):
+            return requested.name
+        if requested != "auto":
+            return requested
+        on_cuda = self.background.device.type == "cuda"
+        return "gsplat" if on_cuda and gsplat_available() else "torch"
 
     def extra_repr(self) -> str:
         camera = self.camera
@@ -123,50 +123,51 @@ class SplatRenderer(nn.Module):
         Returns:
             ``RenderOutput(image [b c h w], alpha [b 1 h w], depth [b 1 h w] | None)``.
         """
-        backend = self.backend
-        if self._logged_backend != backend:
-            logger.info(
-                "SplatRenderer: backend %r renders with %r", self.requested_backend, backend
-            )
-            self._logged_backend = backend
-        if gaussians.device != self.viewmat.device:
+        backend = self._resolve_backend()
+        if gaussians.device != self.background.device:
             raise ValueError(
                 f"Gaussians are on {gaussians.device} but the renderer is on "
-                f"{self.viewmat.device}; move one of them with .to(device)"
+                f"{self.background.device}; move one of them with .to(device)"
             )
         background = self._background_for(gaussians, background)
-        if backend == "gsplat" and gaussians.dtype == torch.float64:
-            raise TypeError(
-                "Gaussians are float64 but the gsplat backend computes in float32; cast them "
-                "with gaussians.to(torch.float32) or use backend='torch'"
-            )
         if self.check_inputs:
             gaussians.validate()
             if not torch.isfinite(background).all():
                 raise ValueError("background holds NaN or Inf")
 
         dtype = torch.float32 if gaussians.dtype in _HALF_DTYPES else gaussians.dtype
-        gaussians = gaussians.to(dtype)
-        camera = self.camera
-        render = torch_backend.render if backend == "torch" else gsplat_backend.render
         with torch.autocast(device_type=gaussians.device.type, enabled=False):
-            image, alpha, depth = render(
-                gaussians.means,
-                gaussians.quats,
-                gaussians.scales,
-                gaussians.colors,
-                gaussians.opacities,
-                background.to(dtype),
-                viewmat=self.viewmat.to(dtype),
-                intrinsics=self.intrinsics.to(dtype),
-                width=camera.width,
-                height=camera.height,
-                model=camera.model,
-                near=camera.near,
-                far=camera.far,
+            output = backend.render(
+                gaussians.to(dtype), self.camera, background.to(dtype),
                 render_depth=self.render_depth,
             )
-        return RenderOutput(image=image, alpha=alpha, depth=depth)
+        self._check_output(output, gaussians, backend.name)
+        return output
+
+    def _resolve_backend(self) -> RenderBackend:
+        """The backend object for this call; logs the choice when it changes."""
+        name = self.backend
+        if self._logged_backend != name:
+            logger.info("SplatRenderer: backend %r renders with %r", self.requested_backend, name)
+            self._logged_backend = name
+        if not isinstance(self.requested_backend, str):
+            return self.requested_backend
+        if name not in self._built_in:
+            self._built_in[name] = _BUILT_IN[name]()
+        return self._built_in[name]
+
+    def _check_output(self, output: RenderOutput, gaussians: Gaussians, name: str) -> None:
+        """Raise naming the backend if it returned other shapes than the contract's."""
+        b, c = gaussians.batch_size, gaussians.num_channels
+        h, w = self.camera.height, self.camera.width
+        expected = {"image": (b, c, h, w), "alpha": (b, 1, h, w)}
+        if self.render_depth:
+            expected["depth"] = (b, 1, h, w)
+        for field, shape in expected.items():
+            got = getattr(output, field, None)
+            if not isinstance(got, Tensor) or got.shape != shape:
+                got = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+                raise ValueError(f"backend {name!r} returned {field} {got}, expected {shape}")
 
     def _background_for(
         self, gaussians: Gaussians, background: Tensor | None
