@@ -18,7 +18,7 @@ from einops import rearrange
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.render.backend import RenderOutput
-from splathead.render.projection import EPS2D, zero_quats_to_identity
+from splathead.render.projection import EPS2D, cap_scales, normalize_quats
 from splathead.typing import Float, Tensor, typecheck
 
 __all__ = ["GsplatBackend", "gsplat_available"]
@@ -70,11 +70,15 @@ class GsplatBackend:
             )
 
         b, c = gaussians.batch_size, gaussians.num_channels
-        # gsplat normalises quaternions without a guard (NaN for zero); read zero as the identity.
-        quats = zero_quats_to_identity(gaussians.quats)
+        # gsplat normalises quaternions unguarded (NaN for zero, overflow or underflow for
+        # extreme norms) and squares scales unguarded (inf for huge ones): hand it the torch
+        # backend's robust quaternions and capped scales, so both backends draw the same thing.
+        means, quats = gaussians.means, gaussians.quats
+        scales = cap_scales(means, quats, gaussians.scales, camera)
+        quats = normalize_quats(quats)
         with torch.autocast(device_type="cuda", enabled=False):
             rendered, alpha, _ = gsplat.rasterization(
-                gaussians.means, quats, gaussians.scales, gaussians.opacities, gaussians.colors,
+                means, quats, scales, gaussians.opacities, gaussians.colors,
                 viewmats=camera.viewmat.to(gaussians.means).expand(b, 1, 4, 4),
                 Ks=camera.intrinsics.to(gaussians.means).expand(b, 1, 3, 3),
                 width=camera.width,

@@ -4,7 +4,8 @@ For a Gaussian with centre ``mu``, scales ``s`` and quaternion ``q`` (w, x, y, z
 world-to-camera transform ``[W | t]`` and intrinsics ``fx, fy, cx, cy``:
 
 1. ``Sigma = (R_q S)(R_q S)^T`` with ``R_q`` the rotation of the normalised quaternion and
-   ``S = diag(s)``; a zero quaternion is read as the identity rotation (gsplat's kernels give NaN).
+   ``S = diag(s)``. Every finite non-zero quaternion gives its rotation, whatever its norm
+   (:func:`normalize_quats`); an exact zero is read as the identity (gsplat's kernels give NaN).
 2. Camera space: ``mu_c = W mu + t = (x, y, z)``, ``Sigma_c = W Sigma W^T``.
 3. Projection with Jacobian ``J``:
 
@@ -24,7 +25,22 @@ world-to-camera transform ``[W | t]`` and intrinsics ``fx, fy, cx, cy``:
    extent ``k = min(3.33, sqrt(2 ln(255 opacity)))`` (gsplat 1.5's CUDA kernel; without
    opacities ``k = 3.33`` as in gsplat's pure-torch reference). Since ``opacity <= 1`` gives
    ``k <= 3.329``, the box contains every pixel where ``opacity exp(-sigma) >= 1/255``, i.e.
-   every pixel the Gaussian can contribute to.
+   every pixel the Gaussian can contribute to. Radii are int32 (as gsplat's) and capped at
+   ``MAX_RADIUS``; the cull uses the capped box.
+
+Huge Gaussians. Each axis's scale is capped where its projected standard deviation reaches
+``MAX_FOOTPRINT`` times the centre's reach (its distance to the image's far edges plus the image
+size, at most ``MAX_REACH``), and at ``MAX_SCALE`` (:func:`cap_scales`; no gradient flows
+through a capped entry). Such a footprint is flat over the image (``exp(-sigma)`` within
+``2^-24`` of 1 on it, before and after the cap), so the render does not change, while squares,
+determinants and radii stay finite: a standard deviation of ``1e20`` would overflow float32.
+An axis that projects to under ``1 / MAX_FOOTPRINT`` of the Jacobian's norm (nearly along the
+line of sight) is capped as if it projected to that much, which bounds float32's rounding of the
+huge 3D covariance into the 2D one. Very elongated footprints (axis ratios beyond about 1e3)
+lose precision in float32's determinant, in gsplat as here.
+
+Precision. float16 and bfloat16 inputs are projected in float32 (outputs float32): the 2D
+determinant of a footprint over ~16 px overflows float16.
 """
 
 from __future__ import annotations
@@ -47,6 +63,17 @@ RADIUS_EXTENT = 3.33
 FRUSTUM_MARGIN = 0.3
 """The pinhole Jacobian clamps ``x/z, y/z`` to the frustum widened by this fraction of the
 half field of view."""
+MAX_FOOTPRINT = 2.0**12
+"""Scales are capped where an axis's projected standard deviation exceeds this times the
+centre's reach: ``0.5 / MAX_FOOTPRINT^2 = 2^-25``, so the footprint is flat over the image."""
+MAX_REACH = 2.0**16
+"""The reach (px) used for the cap is at most this, which keeps ``cov2d``'s determinant below
+about ``(9 (MAX_FOOTPRINT MAX_REACH)^2)^2 ~ 2^118``, finite in float32."""
+MAX_SCALE = 1e18
+"""No scale exceeds this (scene units): its square stays finite in float32."""
+MAX_RADIUS = 2**30
+"""Bounding-box half-widths are capped here so that they fit gsplat's int32 radii."""
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class ProjectedGaussians(NamedTuple):
@@ -66,18 +93,28 @@ class ProjectedGaussians(NamedTuple):
 
 
 @typecheck
-def zero_quats_to_identity(quats: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 4"]:
-    """Replace zero quaternions by the identity ``(1, 0, 0, 0)`` (gradient zero there), so that
-    normalising stays finite; gsplat's kernels give NaN for them."""
-    is_zero = (quats == 0).all(dim=-1, keepdim=True)
-    return torch.where(is_zero, quats.new_tensor([1.0, 0.0, 0.0, 0.0]), quats)
+def normalize_quats(quats: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 4"]:
+    """Unit quaternions for every finite quaternion, whatever its norm; a zero quaternion gives
+    the identity ``(1, 0, 0, 0)`` with gradient zero (gsplat's kernels give NaN there).
+
+    A quaternion whose largest absolute component lies outside ``[1e-6, sqrt(max / 8)]`` of its
+    dtype is first divided by that component, so that the squares in its norm neither overflow
+    (``|q| >= 1e19`` in float32) nor fall below ``F.normalize``'s ``eps`` (``|q| <= 1e-12``);
+    this is the same function of ``q``, gradients included, and every other quaternion is
+    normalised exactly as gsplat does it.
+    """
+    largest = quats.abs().amax(dim=-1, keepdim=True)
+    is_zero = largest == 0
+    in_range = (largest >= 1e-6) & (largest <= (torch.finfo(quats.dtype).max / 8) ** 0.5)
+    scaled = quats / torch.where(in_range | is_zero, 1.0, largest)
+    return F.normalize(torch.where(is_zero, quats.new_tensor([1.0, 0.0, 0.0, 0.0]), scaled), dim=-1)
 
 
 @typecheck
 def quat_to_rotmat(quats: Float[Tensor, "*batch 4"]) -> Float[Tensor, "*batch 3 3"]:
-    """Rotation matrices of quaternions ``(w, x, y, z)``, normalised first; a zero quaternion
-    gives the identity (:func:`zero_quats_to_identity`)."""
-    w, x, y, z = F.normalize(zero_quats_to_identity(quats), dim=-1).unbind(-1)
+    """Rotation matrices of quaternions ``(w, x, y, z)`` of any norm (:func:`normalize_quats`);
+    a zero quaternion gives the identity."""
+    w, x, y, z = normalize_quats(quats).unbind(-1)
     rotation = torch.stack(
         [
             1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
@@ -96,6 +133,72 @@ def covariance_3d(
     """``Sigma = (R S)(R S)^T`` from quaternions and per-axis standard deviations."""
     rotation_scale = quat_to_rotmat(quats) * scales[..., None, :]
     return rotation_scale @ rotation_scale.transpose(-1, -2)
+
+
+class _ScreenProjection(NamedTuple):
+    means_cam: Float[Tensor, "b n 3"]
+    means2d: Float[Tensor, "b n 2"]
+    jacobian: Float[Tensor, "b n 2 3"]
+    in_depth_range: Tensor
+
+
+def _project_centres(means: Tensor, camera: Camera) -> _ScreenProjection:
+    """Camera-space centres, their pixels and the projection's Jacobian at them."""
+    viewmat, intrinsics = camera.viewmat.to(means), camera.intrinsics.to(means)
+    width, height, near, far = camera.width, camera.height, camera.near, camera.far
+    rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
+    means_cam = means @ rotation.T + translation
+    x, y, z = means_cam.unbind(-1)
+    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    in_depth_range = (z >= near) & (z <= far)
+
+    zero = torch.zeros_like(z)
+    if camera.model == "pinhole":
+        # Culled centres (z <= 0 among them) divide by 1 instead, so no inf/NaN reaches autograd.
+        z = torch.where(in_depth_range, z, torch.ones_like(z))
+        u, v = x / z, y / z
+        means2d = torch.stack([fx * u + cx, fy * v + cy], dim=-1)
+        margin_x, margin_y = FRUSTUM_MARGIN * 0.5 * width / fx, FRUSTUM_MARGIN * 0.5 * height / fy
+        tx = z * torch.clamp(u, min=-(cx / fx + margin_x), max=(width - cx) / fx + margin_x)
+        ty = z * torch.clamp(v, min=-(cy / fy + margin_y), max=(height - cy) / fy + margin_y)
+        rows = [fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2]
+    elif camera.model == "ortho":
+        means2d = torch.stack([fx * x + cx, fy * y + cy], dim=-1)
+        rows = [fx + zero, zero, zero, zero, fy + zero, zero]
+    else:
+        raise ValueError(f"camera.model must be 'pinhole' or 'ortho', got {camera.model!r}")
+    jacobian = rearrange(torch.stack(rows, dim=-1), "... (i j) -> ... i j", i=2)
+    return _ScreenProjection(means_cam, means2d, jacobian, in_depth_range)
+
+
+@torch.no_grad()
+def _scale_caps(quats: Tensor, camera: Camera, screen: _ScreenProjection) -> Tensor:
+    """Per-axis scale caps ``[b n 3]`` (see the module docstring, "Huge Gaussians")."""
+    width, height = camera.width, camera.height
+    image_size = screen.means2d.new_tensor([width, height])
+    offset = (screen.means2d - image_size / 2).abs()
+    reach = torch.clamp((offset + image_size / 2).amax(dim=-1) + max(width, height), max=MAX_REACH)
+    # Column i: the pixels one scene unit along the Gaussian's axis i moves its footprint.
+    rotation = camera.viewmat[:3, :3].to(quats)
+    axes = screen.jacobian @ rotation @ quat_to_rotmat(quats)
+    shortest = screen.jacobian.norm(dim=(-2, -1))[..., None] / MAX_FOOTPRINT
+    caps = MAX_FOOTPRINT * reach[..., None] / torch.maximum(axes.norm(dim=-2), shortest)
+    return torch.clamp(caps, max=MAX_SCALE)
+
+
+@typecheck
+def cap_scales(
+    means: Float[Tensor, "b n 3"],
+    quats: Float[Tensor, "b n 4"],
+    scales: Float[Tensor, "b n 3"],
+    camera: Camera,
+) -> Float[Tensor, "b n 3"]:
+    """``scales`` with every axis capped where its footprint is flat over the image (module
+    docstring, "Huge Gaussians"): the render is unchanged and float32 stays finite. No gradient
+    flows through a capped entry. :func:`project_gaussians` applies it; the gsplat backend
+    applies it before gsplat's kernels, so that both backends draw the same Gaussians."""
+    caps = _scale_caps(quats, camera, _project_centres(means, camera))
+    return torch.minimum(scales, caps)
 
 
 @typecheck
@@ -118,33 +221,18 @@ def project_gaussians(
             the frustum clamp and the culling, ``near`` and ``far`` the depth range kept.
         eps2d: blur added to the 2D covariance's diagonal (px^2).
 
-    Differentiable in ``means2d``, ``conics`` and ``depths``; ``radii`` are integers.
+    Differentiable in ``means2d``, ``conics`` and ``depths``; ``radii`` are integers. Half
+    precision inputs are projected in float32 and give float32 outputs.
     """
-    viewmat, intrinsics = camera.viewmat.to(means), camera.intrinsics.to(means)
-    width, height, near, far = camera.width, camera.height, camera.near, camera.far
-    rotation, translation = viewmat[:3, :3], viewmat[:3, 3]
-    means_cam = means @ rotation.T + translation
+    if means.dtype in _HALF_DTYPES:
+        means, quats, scales = means.float(), quats.float(), scales.float()
+        opacities = None if opacities is None else opacities.float()
+    width, height = camera.width, camera.height
+    screen = _project_centres(means, camera)
+    scales = torch.minimum(scales, _scale_caps(quats, camera, screen))
+    rotation = camera.viewmat[:3, :3].to(means)
     covars_cam = rotation @ covariance_3d(quats, scales) @ rotation.T
-    x, y, z = means_cam.unbind(-1)
-    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
-    in_depth_range = (z >= near) & (z <= far)
-
-    zero = torch.zeros_like(z)
-    if camera.model == "pinhole":
-        # Culled centres (z <= 0 among them) divide by 1 instead, so no inf/NaN reaches autograd.
-        z = torch.where(in_depth_range, z, torch.ones_like(z))
-        u, v = x / z, y / z
-        means2d = torch.stack([fx * u + cx, fy * v + cy], dim=-1)
-        margin_x, margin_y = FRUSTUM_MARGIN * 0.5 * width / fx, FRUSTUM_MARGIN * 0.5 * height / fy
-        tx = z * torch.clamp(u, min=-(cx / fx + margin_x), max=(width - cx) / fx + margin_x)
-        ty = z * torch.clamp(v, min=-(cy / fy + margin_y), max=(height - cy) / fy + margin_y)
-        rows = [fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2]
-    elif camera.model == "ortho":
-        means2d = torch.stack([fx * x + cx, fy * y + cy], dim=-1)
-        rows = [fx + zero, zero, zero, zero, fy + zero, zero]
-    else:
-        raise ValueError(f"camera.model must be 'pinhole' or 'ortho', got {camera.model!r}")
-    jacobian = rearrange(torch.stack(rows, dim=-1), "... (i j) -> ... i j", i=2)
+    jacobian, means2d = screen.jacobian, screen.means2d
     covars2d = jacobian @ covars_cam @ jacobian.transpose(-1, -2)
     covars2d = covars2d + eps2d * torch.eye(2, dtype=covars2d.dtype, device=covars2d.device)
 
@@ -155,7 +243,7 @@ def project_gaussians(
     conics = torch.stack([var_y / det, -cov_xy / det, var_x / det], dim=-1)
 
     with torch.no_grad():
-        keep = in_depth_range & invertible
+        keep = screen.in_depth_range & invertible
         extent = torch.full_like(det, RADIUS_EXTENT)
         if opacities is not None:
             bright = opacities >= ALPHA_THRESHOLD
@@ -163,10 +251,13 @@ def project_gaussians(
             opacity_extent = torch.sqrt(2 * torch.log(torch.where(bright, opacities, 1.0) * 255))
             extent = torch.minimum(extent, opacity_extent)
         radii = torch.ceil(extent[..., None] * torch.sqrt(torch.stack([var_x, var_y], -1)))
+        radii = torch.clamp(radii, max=MAX_RADIUS)
         keep &= (radii > 0).any(dim=-1)
         box_min, box_max = means2d - radii, means2d + radii
         keep &= (box_max[..., 0] > 0) & (box_min[..., 0] < width)
         keep &= (box_max[..., 1] > 0) & (box_min[..., 1] < height)
         radii = torch.where(keep[..., None], radii, 0.0).to(torch.int32)
 
-    return ProjectedGaussians(means2d=means2d, conics=conics, depths=means_cam[..., 2], radii=radii)
+    return ProjectedGaussians(
+        means2d=means2d, conics=conics, depths=screen.means_cam[..., 2], radii=radii
+    )
