@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,7 +28,11 @@ class Camera:
         viewmat: ``[4 4]`` world-to-camera transform (rigid; last row ``0 0 0 1``).
         model: ``"pinhole"`` projects ``(fx x/z + cx, fy y/z + cy)``; ``"ortho"`` projects
             ``(fx x + cx, fy y + cy)`` and uses depth only to order the compositing.
-        near, far: Gaussians whose camera-space z lies outside ``[near, far]`` are culled.
+        near, far: Gaussians whose camera-space z lies outside ``[near, far]`` are culled;
+            ``far`` may be ``inf``.
+
+    Every number must be finite (``far`` excepted): a NaN or infinite intrinsic or ``viewmat``
+    entry is an error naming the field.
     """
 
     width: int
@@ -42,6 +47,16 @@ class Camera:
     far: float = 1e10
 
     def __post_init__(self) -> None:
+        for name in ("fx", "fy", "cx", "cy", "near"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"Camera.{name} must be finite, got {getattr(self, name)}")
+        non_finite = (~torch.isfinite(self.viewmat.detach().cpu())).nonzero().tolist()
+        if non_finite:
+            row, col = non_finite[0]
+            raise ValueError(
+                f"Camera.viewmat must be finite, got {self.viewmat[row, col].item()} at "
+                f"[{row}, {col}] ({len(non_finite)} non-finite entries)"
+            )
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"Camera size must be positive, got {self.width}x{self.height}")
         if self.fx <= 0 or self.fy <= 0:

@@ -147,3 +147,24 @@ def test_bad_camera_is_rejected_at_construction(overrides, message):
     arguments = {**dict(width=8, height=8, fx=8.0, fy=8.0, cx=4.0, cy=4.0), **overrides}
     with pytest.raises(ValueError, match=message):
         Camera(**arguments)
+
+
+@pytest.mark.parametrize("field", ["fx", "fy", "cx", "cy", "near"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_intrinsic_is_rejected_naming_the_field(field, bad):
+    arguments = {**dict(width=8, height=8, fx=8.0, fy=8.0, cx=4.0, cy=4.0), field: bad}
+    with pytest.raises(ValueError, match=rf"Camera\.{field} must be finite, got {bad}"):
+        Camera(**arguments)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("entry", [(0, 0), (1, 2), (2, 3)])
+def test_non_finite_viewmat_entry_is_rejected_naming_the_entry(bad, entry):
+    viewmat = torch.eye(4)
+    viewmat[entry] = bad
+    with pytest.raises(ValueError, match=rf"Camera\.viewmat must be finite, got {bad} at \[{entry[0]}, {entry[1]}\]"):
+        Camera(width=8, height=8, fx=8.0, fy=8.0, cx=4.0, cy=4.0, viewmat=viewmat)
+
+
+def test_far_plane_may_be_infinite():
+    assert Camera(width=8, height=8, fx=8.0, fy=8.0, cx=4.0, cy=4.0, far=float("inf")).far == float("inf")
