@@ -43,7 +43,7 @@ from skimage.filters import sobel
 from tqdm.auto import tqdm
 
 from splathead import gmae_vit_tiny
-from splathead.bsds import MAX_DIST, NTHRESH, evaluate_dir
+from splathead.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_dir
 from splathead.viz import draw_gaussians, save_grid, save_layer_grid
 from splathead.zeroshot import (
     CHANGE_THRESHOLD,
@@ -268,9 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_benchmark_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 naming the flag when a benchmark setting is out of range, before any work."""
+    try:
+        check_max_dist(args.max_dist)
+    except ValueError as error:
+        parser.error(f"--max-dist {str(error).removeprefix('max_dist ')}")
+    if args.nthresh < 1:
+        parser.error(f"--nthresh must be >= 1, got {args.nthresh}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_benchmark_options(parser, args)
     return args.handler(args)
 
 

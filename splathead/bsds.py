@@ -58,6 +58,8 @@ __all__ = [
     "BoundaryCounts",
     "BoundaryScores",
     "bsds_thresholds",
+    "check_max_dist",
+    "check_prediction",
     "evaluate_dir",
     "evaluate_image",
     "load_ground_truth",
@@ -129,35 +131,101 @@ def _fmeasure(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
     return 2 * recall * precision / (total + (total == 0))
 
 
+def check_max_dist(max_dist: float) -> None:
+    """Raise ``ValueError`` unless ``0 < max_dist <= 1``: the matcher needs a positive tolerance,
+    and a fraction of the image diagonal above 1 matches nothing more than 1 does."""
+    if not 0 < max_dist <= 1:
+        raise ValueError(
+            f"max_dist must be in (0, 1], a fraction of the image diagonal (the benchmark's: "
+            f"{MAX_DIST}), got {max_dist}"
+        )
+
+
+def _load_mat(path: Path, variable: str, meaning: str, **options) -> np.ndarray:
+    """``variable`` from a .mat file; ``ValueError`` naming the file when it cannot be read or
+    lacks the variable."""
+    try:
+        contents = scipy.io.loadmat(path, **options)
+    except Exception as error:  # scipy raises IndexError, OSError, ValueError... on bad files
+        raise ValueError(
+            f"{path}: expected a MATLAB .mat file holding {variable!r}, but it cannot be read "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    if variable not in contents:
+        found = ", ".join(repr(name) for name in contents if not name.startswith("__"))
+        raise ValueError(
+            f"{path}: expected a variable {variable!r} ({meaning}), found {found or 'none'}"
+        )
+    return contents[variable]
+
+
 @typecheck
 def load_ground_truth(path: str | os.PathLike) -> list[Bool[np.ndarray, "h w"]]:
     """The ``Boundaries`` of every annotator in a BSDS ``groundTruth`` .mat file."""
-    cells = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)["groundTruth"]
-    cells = np.atleast_1d(cells)
-    return [np.asarray(cell.Boundaries, dtype=bool) for cell in cells]
+    cells = _load_mat(
+        Path(path), "groundTruth", "the BSDS annotations", squeeze_me=True,
+        struct_as_record=False,
+    )
+    return [np.asarray(cell.Boundaries, dtype=bool) for cell in np.atleast_1d(cells)]
 
 
 @typecheck
 def load_prediction(path: str | os.PathLike) -> Float[np.ndarray, "h w"]:
-    """A soft boundary map in [0, 1]: an 8/16-bit grey PNG, or ``ucm2`` from a .mat file."""
+    """A soft boundary map in [0, 1]: an 8/16-bit grey PNG, or ``ucm2`` from a .mat file.
+
+    Raises ``ValueError`` naming the file, what was expected and what was found, for a file that
+    cannot be read, a .mat without a ``[2h+1 2w+1]`` ``ucm2``, a PNG that is not single-channel
+    8/16-bit, or values outside [0, 1].
+    """
     path = Path(path)
     if path.suffix == ".mat":
-        ucm2 = scipy.io.loadmat(path)["ucm2"]
+        ucm2 = np.asarray(_load_mat(path, "ucm2", "the double-size ultrametric contour map"))
+        if ucm2.ndim != 2 or min(ucm2.shape) < 3 or not all(size % 2 for size in ucm2.shape):
+            raise ValueError(
+                f"{path}: expected ucm2 of shape [2h+1 2w+1] (odd sizes), found shape "
+                f"{ucm2.shape}"
+            )
         # ucm2 has boundary cells between pixels: MATLAB's ucm2(3:2:end, 3:2:end).
-        return np.asarray(ucm2[2::2, 2::2], dtype=np.float64)
-    image = np.asarray(Image.open(path))
-    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+        prediction = ucm2[2::2, 2::2].astype(np.float64)
+    else:
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image)
+        except OSError as error:
+            raise ValueError(
+                f"{path}: expected a PNG soft boundary map, but it cannot be read ({error})"
+            ) from error
+        if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+            raise ValueError(
+                f"{path}: expected a single-channel 8- or 16-bit PNG, found shape "
+                f"{pixels.shape} dtype {pixels.dtype}"
+            )
+        prediction = pixels.astype(np.float64) / np.iinfo(pixels.dtype).max
+    if not np.isfinite(prediction).all() or prediction.min() < 0 or prediction.max() > 1:
         raise ValueError(
-            f"prediction {path} must be a single-channel 8- or 16-bit PNG, "
-            f"got shape {image.shape} dtype {image.dtype}"
+            f"{path}: expected values in [0, 1], found range "
+            f"[{np.nanmin(prediction)}, {np.nanmax(prediction)}]"
+            + ("" if np.isfinite(prediction).all() else " with NaN or Inf")
         )
-    return image.astype(np.float64) / np.iinfo(image.dtype).max
+    return prediction
+
+
+def check_prediction(path: str | os.PathLike, shape: tuple[int, int]) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it loads (:func:`load_prediction`) as a map
+    of ``shape`` (height, width), the size of its annotations; a transposed map is named so."""
+    found = load_prediction(path).shape
+    if found != shape:
+        transposed = " (transposed: height and width swapped)" if found == shape[::-1] else ""
+        raise ValueError(
+            f"{path}: expected a {shape[0]}x{shape[1]} (height x width) map, the size of its "
+            f"annotations, found {found[0]}x{found[1]}{transposed}"
+        )
 
 
 @typecheck
 def evaluate_image(
     prediction: Float[np.ndarray, "h w"],
-    ground_truth: Sequence[Shaped[np.ndarray, "h w"]],
+    ground_truth: Sequence[Shaped[np.ndarray, "_ _"]],
     *,
     nthresh: int = NTHRESH,
     max_dist: float = MAX_DIST,
@@ -173,6 +241,13 @@ def evaluate_image(
     """
     if not ground_truth:
         raise ValueError("ground_truth must hold at least one annotation")
+    check_max_dist(max_dist)
+    for index, annotation in enumerate(ground_truth):
+        if annotation.shape != prediction.shape:
+            raise ValueError(
+                f"prediction is {prediction.shape[0]}x{prediction.shape[1]} (height x width) but "
+                f"annotation {index} is {annotation.shape[0]}x{annotation.shape[1]}"
+            )
     if not np.isfinite(prediction).all() or prediction.min() < 0 or prediction.max() > 1:
         raise ValueError(
             f"prediction must be finite and in [0, 1], got range "
@@ -275,6 +350,12 @@ def summarize(counts: Sequence[BoundaryCounts]) -> BoundaryScores:
     )
 
 
+def _listed(items: Sequence[str], separator: str = ", ", most: int = 20) -> str:
+    """At most ``most`` items joined, and how many more there are."""
+    shown = separator.join(items[:most])
+    return shown if len(items) <= most else f"{shown}{separator}... and {len(items) - most} more"
+
+
 def _evaluate_files(
     prediction_path: Path, ground_truth_path: Path, nthresh: int, max_dist: float, thinning: bool
 ) -> BoundaryCounts:
@@ -304,19 +385,42 @@ def evaluate_dir(
     ``ids=None`` scores every annotation in ``ground_truth_dir`` and, like the official
     benchmark, fails if one has no prediction (a partial run must not pass for a full one);
     pass ``ids`` to score a subset.
+
+    Every input is checked before scoring starts (a second or so per 100 images): the settings,
+    then every prediction present (``FileNotFoundError`` listing all missing ones), then each
+    annotation and prediction readable and each prediction of its annotations' size
+    (:func:`check_prediction`; one ``ValueError`` listing every bad file).
     """
+    bsds_thresholds(nthresh)
+    check_max_dist(max_dist)
     prediction_dir, ground_truth_dir = Path(prediction_dir), Path(ground_truth_dir)
     if ids is None:
         ids = sorted(path.stem for path in ground_truth_dir.glob("*.mat"))
     if not ids:
         raise FileNotFoundError(f"no ground truth .mat files in {ground_truth_dir}")
-    jobs = []
+    jobs, missing = [], []
     for image_id in ids:
         found = [prediction_dir / f"{image_id}{suffix}" for suffix in PREDICTION_SUFFIXES]
         found = [path for path in found if path.is_file()]
         if not found:
-            raise FileNotFoundError(f"no prediction {image_id}.png or .mat in {prediction_dir}")
+            missing.append(image_id)
+            continue
         jobs.append((found[0], ground_truth_dir / f"{image_id}.mat", nthresh, max_dist, thinning))
+    if missing:
+        raise FileNotFoundError(
+            f"no prediction in {prediction_dir} (<id>.png or <id>.mat) for {len(missing)} of "
+            f"{len(ids)} images: {_listed(missing)}"
+        )
+    problems = []
+    for prediction_path, ground_truth_path, *_ in jobs:
+        try:
+            check_prediction(prediction_path, load_ground_truth(ground_truth_path)[0].shape)
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise ValueError(
+            f"{len(problems)} of {len(jobs)} inputs cannot be scored:\n" + _listed(problems, "\n")
+        )
 
     from tqdm.auto import tqdm
 

@@ -102,7 +102,7 @@ def test_prediction_out_of_range_is_rejected():
 
 def test_missing_prediction_is_an_error(tmp_path):
     (tmp_path / "pred").mkdir()
-    with pytest.raises(FileNotFoundError, match="no prediction 2018"):
+    with pytest.raises(FileNotFoundError, match=r"no prediction in .* for 1 of 1 images: 2018"):
         evaluate_dir(tmp_path / "pred", MINI / "groundTruth", ids=["2018"], progress=False)
 
 
@@ -163,3 +163,124 @@ def test_recipe_loads_a_pretraining_checkpoint(tmp_path, capsys):
     assert loaded.img_size == (32, 32)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def write_ground_truth(path: Path, height: int = 6, width: int = 9) -> Path:
+    """A BSDS ``groundTruth`` .mat with one annotator and a horizontal boundary."""
+    import scipy.io
+
+    boundaries = np.zeros((height, width), dtype=bool)
+    boundaries[height // 2] = True
+    cell = np.empty((1, 1), dtype=object)
+    cell[0, 0] = {"Boundaries": boundaries}
+    scipy.io.savemat(path, {"groundTruth": cell})
+    return path
+
+
+def write_png(path: Path, height: int = 6, width: int = 9) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.full((height, width), 128, dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """Empty prediction and annotation folders."""
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    return tmp_path / "pred", tmp_path / "gt"
+
+
+def test_mat_prediction_without_ucm2_names_the_file_and_what_it_holds(tmp_path):
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "1.mat", {"edges": np.zeros((3, 3))})
+    with pytest.raises(ValueError, match=r"1\.mat: expected a variable 'ucm2' .* found 'edges'"):
+        load_prediction(tmp_path / "1.mat")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".mat"])
+def test_unreadable_prediction_names_the_file(tmp_path, suffix):
+    path = tmp_path / f"1{suffix}"
+    path.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=rf"1\{suffix}: expected .* cannot be read"):
+        load_prediction(path)
+
+
+def test_ucm2_that_is_not_double_size_is_rejected(tmp_path):
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "1.mat", {"ucm2": np.zeros((6, 9))})
+    with pytest.raises(ValueError, match=r"expected ucm2 of shape \[2h\+1 2w\+1\].*found shape \(6, 9\)"):
+        load_prediction(tmp_path / "1.mat")
+
+
+@pytest.mark.parametrize(
+    "height, width, found",
+    [(6, 10, r"found 6x10$"), (9, 6, r"found 9x6 \(transposed: height and width swapped\)$")],
+    ids=["wrong size", "transposed"],
+)
+def test_prediction_of_another_size_names_file_expected_and_found(folders, height, width, found):
+    pred, gt = folders
+    write_ground_truth(gt / "1.mat")
+    write_png(pred / "1.png", height=height, width=width)
+    with pytest.raises(ValueError, match=r"1\.png: expected a 6x9 \(height x width\) map.*" + found):
+        evaluate_dir(pred, gt, progress=False)
+
+
+def test_every_prediction_is_checked_before_scoring_starts(folders, monkeypatch):
+    import splathead.bsds
+
+    pred, gt = folders
+    for image_id in ("1", "2", "3"):
+        write_ground_truth(gt / f"{image_id}.mat")
+    write_png(pred / "1.png")  # good, and scored first if scoring started
+    write_png(pred / "2.png", height=9, width=6)
+    (pred / "3.png").write_bytes(b"truncated")
+
+    def scoring_started(*args, **kwargs):
+        raise AssertionError("scoring started before every input was checked")
+
+    monkeypatch.setattr(splathead.bsds, "_evaluate_files", scoring_started)
+    with pytest.raises(ValueError, match=r"2 of 3 inputs cannot be scored") as error:
+        evaluate_dir(pred, gt, progress=False)
+    assert "2.png: expected a 6x9" in str(error.value) and "3.png: expected a PNG" in str(error.value)
+
+
+def test_every_missing_prediction_is_listed(folders):
+    pred, gt = folders
+    for image_id in ("1", "2", "3"):
+        write_ground_truth(gt / f"{image_id}.mat")
+    write_png(pred / "2.png")
+    with pytest.raises(FileNotFoundError, match=r"for 2 of 3 images: 1, 3$"):
+        evaluate_dir(pred, gt, progress=False)
+
+
+def test_annotation_of_another_size_than_the_prediction_is_named():
+    with pytest.raises(ValueError, match=r"prediction is 8x8 .* but annotation 1 is 8x9"):
+        evaluate_image(np.zeros((8, 8)), [np.zeros((8, 8), bool), np.zeros((8, 9), bool)], nthresh=1)
+
+
+@pytest.mark.parametrize("max_dist", [0.0, -0.01, 1.5, float("nan")])
+def test_max_dist_must_be_a_positive_fraction_of_the_diagonal(max_dist):
+    with pytest.raises(ValueError, match=r"max_dist must be in \(0, 1\]"):
+        evaluate_image(np.zeros((8, 8)), [np.zeros((8, 8), bool)], nthresh=1, max_dist=max_dist)
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--max-dist", "0", r"--max-dist must be in \(0, 1\], .* got 0\.0"),
+        ("--nthresh", "0", "--nthresh must be >= 1, got 0"),
+        ("--workers", "0", "--workers must be >= 1, got 0"),
+    ],
+)
+def test_score_cli_rejects_bad_settings_before_work(folders, capsys, flag, value, message):
+    import re
+
+    pred, gt = folders
+    with pytest.raises(SystemExit) as exit_info:
+        load_recipe().main(["score", "--pred-dir", str(pred), "--gt-dir", str(gt), flag, value])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
