@@ -30,7 +30,9 @@ class RenderBackend(Protocol):
     Gaussians already checked (shapes, one device, values unless ``check_inputs=False``) and in
     float32 or float64 (half precision is cast to float32, autocast is off), and a background
     ``[b c]`` on their device and of their dtype. The camera's tensors live on the CPU in
-    float32; move them with ``.to(gaussians.means)``. docs/renderer.md says how to add one and
+    float32; move them with ``.to(gaussians.means)``. It is never called with ``b = 0`` or
+    ``n = 0``, and when nothing is drawn (its alpha outside the graph) the renderer connects the
+    outputs to every input itself, with zero gradient. docs/renderer.md says how to add one and
     which tests it must pass.
 
     Attributes:

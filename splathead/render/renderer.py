@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Literal
@@ -13,6 +14,7 @@ from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.render.backend import RenderBackend, RenderOutput
 from splathead.render.gsplat_backend import GsplatBackend, gsplat_available
+from splathead.render.projection import ALPHA_THRESHOLD
 from splathead.render.torch_backend import TorchBackend
 from splathead.typing import Float, Tensor, typecheck
 
@@ -21,6 +23,24 @@ logger = logging.getLogger("splathead")
 BackendName = Literal["auto", "torch", "gsplat"]
 _BUILT_IN = {"torch": TorchBackend, "gsplat": GsplatBackend}
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _in_graph_of(
+    output: RenderOutput, gaussians: Gaussians, background: Tensor
+) -> RenderOutput:
+    """``output`` connected to every input that requires grad, with gradient zero.
+
+    When no Gaussian reaches a pixel a backend's outputs need not depend on the Gaussians, and
+    ``loss.backward()`` would fail ("does not require grad") or, under DDP, leave parameters
+    without a gradient. Adding an empty sum of each such input (exactly 0, even for NaN or Inf
+    inputs) puts them in the graph; only this rare path pays for it.
+    """
+    inputs = [getattr(gaussians, field.name) for field in dataclasses.fields(gaussians)]
+    needing_grad = [tensor for tensor in [*inputs, background] if tensor.requires_grad]
+    if not needing_grad or not torch.is_grad_enabled():
+        return output
+    zero = sum(tensor.flatten()[:0].sum() for tensor in needing_grad)
+    return RenderOutput(*(None if tensor is None else tensor + zero for tensor in output))
 
 
 class SplatRenderer(nn.Module):
@@ -91,6 +111,7 @@ class SplatRenderer(nn.Module):
         if backend == "gsplat":
             self._built_in["gsplat"] = GsplatBackend()
         self._logged_backend: str | None = None
+        self._warned_collapse = False
 
     @property
     def backend(self) -> str:
@@ -135,14 +156,50 @@ class SplatRenderer(nn.Module):
             if not torch.isfinite(background).all():
                 raise ValueError("background holds NaN or Inf")
 
+        if self.check_inputs:
+            self._warn_if_collapsed(gaussians)
+
         dtype = torch.float32 if gaussians.dtype in _HALF_DTYPES else gaussians.dtype
+        if gaussians.batch_size == 0 or gaussians.num_gaussians == 0:
+            output = self._nothing_to_draw(background.to(dtype))
+            return _in_graph_of(output, gaussians, background)
         with torch.autocast(device_type=gaussians.device.type, enabled=False):
             output = backend.render(
                 gaussians.to(dtype), self.camera, background.to(dtype),
                 render_depth=self.render_depth,
             )
         self._check_output(output, gaussians, backend.name)
-        return output
+        if output.alpha.requires_grad or not torch.is_grad_enabled():
+            return output  # something was drawn: the backend's graph reaches every input
+        if not self.check_inputs:
+            self._warn_if_collapsed(gaussians)
+        return _in_graph_of(output, gaussians, background)
+
+    def _warn_if_collapsed(self, gaussians: Gaussians) -> None:
+        """Warn once (logger "splathead") when every opacity of the batch is below 1/255.
+
+        One reduction and device sync per call until it has warned: made with the input checks
+        (which sync anyway), or else only when nothing was drawn.
+        """
+        if self._warned_collapse or gaussians.opacities.numel() == 0:
+            return
+        if bool((gaussians.opacities < ALPHA_THRESHOLD).all()):
+            logger.warning(
+                "SplatRenderer: every Gaussian of the batch has opacity below 1/255, so nothing "
+                "is drawn and the render gives them no gradient: the model has collapsed (too "
+                "high a learning rate, or no warmup?)"
+            )
+            self._warned_collapse = True
+
+    def _nothing_to_draw(self, background: Float[Tensor, "b c"]) -> RenderOutput:
+        """The render of no Gaussians (``b = 0`` or ``n = 0``): the background, alpha 0; no
+        backend is called (gsplat's kernels are not made for empty inputs)."""
+        camera = self.camera
+        b, c = background.shape
+        image = background[:, :, None, None].expand(b, c, camera.height, camera.width)
+        alpha = background.new_zeros(b, 1, camera.height, camera.width)
+        depth = alpha.clone() if self.render_depth else None
+        return RenderOutput(image=image.contiguous(), alpha=alpha, depth=depth)
 
     def _resolve_backend(self) -> RenderBackend:
         """The backend object for this call; logs the choice when it changes."""
