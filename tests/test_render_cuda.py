@@ -87,6 +87,33 @@ def test_gsplat_backend_gives_finite_values_for_zero_quaternions():
     assert_images_match(ours.image, theirs.image)
 
 
+@pytest.mark.parametrize("norm", [1e-20, 1e-13, 1e20, 1e30])
+def test_gsplat_backend_gives_quaternions_of_any_norm_their_rotation(norm):
+    scene = gmae_scene(0, 2, 16)
+    unit = scene.replace(quats=scene.quats / scene.quats.norm(dim=-1, keepdim=True))
+    _, renderer = renderers(Camera.gmae(32, 32))
+    scaled = renderer(unit.replace(quats=unit.quats * norm)).image
+    assert_images_match(scaled, renderer(unit).image)
+
+
+@pytest.mark.parametrize("model", ["ortho", "pinhole"])
+@pytest.mark.parametrize("std", [1e8, 1e20])
+def test_gsplat_backend_covers_the_image_with_a_huge_gaussian_and_finite_gradients(model, std):
+    camera = Camera.gmae(32, 32) if model == "ortho" else pinhole_camera(32)
+    scene = gmae_scene(0, 1, 1)
+    scene = scene.replace(scales=torch.full_like(scene.scales, std))
+    outputs = []
+    for renderer in renderers(camera, background=0.0):
+        leaves = scene.map(lambda t: t.clone().requires_grad_())
+        output = renderer(leaves)
+        (output.image * torch.linspace(0, 1, 32, device="cuda")).sum().backward()
+        assert all(torch.isfinite(getattr(leaves, name).grad).all() for name in FIELDS)
+        outputs.append(output)
+    ours, theirs = outputs
+    torch.testing.assert_close(theirs.alpha, scene.opacities.view(1, 1, 1, 1).expand_as(theirs.alpha))
+    assert_images_match(ours.image, theirs.image)
+
+
 def test_gsplat_backend_renders_half_precision_in_float32():
     scene = gmae_scene(0, 2, 16)
     _, renderer = renderers(Camera.gmae(32, 32))
