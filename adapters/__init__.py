@@ -1,6 +1,6 @@
 """Backbone adapters: timm and Hugging Face ViTs as `MaskedEncoder`s (``splathead.adapters``)."""
 
-from splathead.adapters.base import MaskedEncoder
+from splathead.encoder import MaskedEncoder
 from splathead.adapters.export import export_hf, export_timm
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splathead.losses import patch_grid
 from splathead.masking import gather_tokens
+from splathead.patches import patch_grid
 from splathead.typing import Float, Int, Tensor, typecheck
 
 

@@ -6,8 +6,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from splathead.losses import patch_grid
 from splathead.masking import gather_tokens
+from splathead.patches import patch_grid
 from splathead.typing import Float, Int, Tensor, typecheck
 
 

@@ -7,8 +7,8 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from splathead.losses import patch_grid
 from splathead.masking import gather_tokens
+from splathead.patches import patch_grid
 from splathead.typing import Float, Int, Tensor, typecheck
 
 __all__ = ["TimmViTEncoder"]

@@ -7,7 +7,7 @@ import sys
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from splathead.adapters.base import MaskedEncoder
+from splathead.encoder import MaskedEncoder
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder

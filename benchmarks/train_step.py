@@ -29,10 +29,12 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from splathead.decoder import init_like_mae
-from splathead.losses import masked_patch_mse, unpatchify
+from splathead.factories import gmae_vit_base_patch16, gmae_vit_tiny
+from splathead.initialization import init_like_mae
+from splathead.losses import masked_patch_mse
 from splathead.masking import restore_tokens
-from splathead.model import GMAE, gmae_vit_base_patch16, gmae_vit_tiny
+from splathead.model import GMAE
+from splathead.patches import unpatchify
 from splathead.pos_embed import sincos_pos_embed_2d
 
 CONFIGS = {  # GMAE factory overrides; MAE's decoder takes the same width and depth
@@ -128,7 +130,7 @@ def tail_step(gmae: GMAE, images: torch.Tensor, autocast):
 def profile_ranges(gmae: GMAE, images: torch.Tensor, autocast, device) -> dict[str, float]:
     """Forward time (ms) per part, from torch.profiler ranges opened by module hooks."""
     parts = {"encoder": gmae.encoder, "decoder": gmae.decoder.query_decoder,
-             "head": gmae.decoder.head, "render": gmae.decoder.renderer}
+             "head": gmae.decoder.head, "render": gmae.renderer}
     handles, open_ranges = [], {}
     for name, module in parts.items():
         def enter(module, args, name=name):
@@ -178,7 +180,7 @@ def benchmark_models(args: argparse.Namespace) -> None:
     tail = time_steps(tail_step(gmae, images, autocast), device, warmup=args.warmup,
                       steps=args.steps)
     print(f"\n{args.config}, batch {args.batch}, {device}, {precision}, fused AdamW {fused}, "
-          f"compile {args.compile}, render backend {gmae.decoder.renderer.backend}\n")
+          f"compile {args.compile}, render backend {gmae.renderer.backend}\n")
     print("| model | ms / step | images / s | time vs MAE |\n|---|---:|---:|---:|")
     for name, seconds in rows.items():
         print(f"| {name} | {seconds * 1e3:.1f} | {args.batch / seconds:.0f} | "

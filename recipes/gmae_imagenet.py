@@ -45,7 +45,7 @@ def save_images(path: Path, model: GMAE, images: torch.Tensor, output: GMAEOutpu
     masked = hide_patches(inputs, output.mask.mask[:count], model.patch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_reconstruction_grid(path, inputs, masked, output.image[:count].detach().float(),
-                             output.gaussians[:count].detach(), model.decoder.renderer.camera,
+                             output.gaussians[:count].detach(), model.camera,
                              max_images=count)
 
 

@@ -122,7 +122,7 @@ def gmae_edges(model, images: list[np.ndarray], args, device) -> list[np.ndarray
     _, output = reconstruct(model, images, device)
     edges = soft_edges(
         output.gaussians.to(torch.float32),
-        model.decoder.renderer,
+        model.renderer,
         layer_counts=args.layer_counts,
         order=args.order,
         threshold=args.threshold,
@@ -138,7 +138,7 @@ def gmae_edges(model, images: list[np.ndarray], args, device) -> list[np.ndarray
 def save_figures(model, images: list[np.ndarray], output_dir: Path, args, device) -> None:
     """Overview (input | render | Gaussians | edges | figure-ground) and depth-layer grids."""
     batch, output = reconstruct(model, images, device)
-    gaussians, renderer = output.gaussians.to(torch.float32), model.decoder.renderer
+    gaussians, renderer = output.gaussians.to(torch.float32), model.renderer
     edges = soft_edges(gaussians, renderer, layer_counts=args.layer_counts, order=args.order,
                        threshold=args.threshold)
     figure = figure_ground(gaussians, renderer, order=args.order)

@@ -1,28 +1,40 @@
 """splathead: Gaussian Masked Autoencoders for any MAE.
 
-The parts, in the order data flows through them:
+The parts, lowest layer first (each module imports only from the layers above it in this list):
 
-- masking: :class:`RandomMasking`, :class:`PatchMask` (MAE's algorithm and index formats)
-- encoders: :mod:`splathead.adapters` (timm and Hugging Face ViTs on visible patches only)
+- foundations: :mod:`splathead.typing` (checked shapes), :func:`batched_gather`,
+  :mod:`splathead.patches` (:func:`patchify`, :func:`unpatchify`, ``patch_grid``),
+  :mod:`splathead.pos_embed`, :mod:`splathead.initialization` (MAE's init)
+- data: :class:`Camera`, :class:`Gaussians`; masking: :class:`RandomMasking`,
+  :class:`PatchMask` (MAE's algorithm), :mod:`splathead.mask_formats` (MAE's and lightly's)
+- rendering: :mod:`splathead.render`: :class:`SplatRenderer` over a :class:`RenderBackend`
+  (torch, gsplat, the reference definition, or yours)
 - decoder: :class:`QueryDecoder` (GMAE's query transformer), :class:`GaussianHead`
   (tokens -> :class:`Gaussians`), :class:`GMAEDecoder` (both plus the renderer)
-- rendering: :class:`Camera`, :class:`SplatRenderer` (torch or gsplat backend)
-- losses: :func:`masked_patch_mse`, :func:`image_mse`, :func:`patchify`, :func:`unpatchify`
-- model: :class:`GMAE`, :func:`gmae_vit_base_patch16`, :func:`gmae_vit_tiny`
+- losses: :func:`masked_patch_mse`, :func:`image_mse`
+- encoders: :class:`MaskedEncoder` (the protocol), :mod:`splathead.adapters` (timm and Hugging
+  Face ViTs on visible patches only; :func:`wrap` picks the adapter)
+- model: :class:`GMAE` (encoder + masking + decoder + loss)
+- factories: :func:`gmae_vit_base_patch16`, :func:`gmae_vit_tiny` (:mod:`splathead.factories`)
 - analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.viz`
 - evaluation: :mod:`splathead.metrics` (PSNR, SSIM; needs torchmetrics, so not imported here),
   :mod:`splathead.probes` (online linear probes)
 """
 
-from splathead import viz, zeroshot
+from splathead import mask_formats, viz, zeroshot
+from splathead.adapters import wrap
 from splathead.camera import Camera
 from splathead.decoder import DecoderOutput, GMAEDecoder, QueryDecoder
+from splathead.encoder import MaskedEncoder
+from splathead.factories import gmae_vit_base_patch16, gmae_vit_tiny
 from splathead.gaussians import Gaussians
 from splathead.head import GaussianHead
-from splathead.losses import image_mse, masked_patch_mse, patchify, unpatchify
+from splathead.indexing import batched_gather
+from splathead.losses import image_mse, masked_patch_mse
 from splathead.masking import PatchMask, RandomMasking, gather_tokens, restore_tokens
-from splathead.model import GMAE, GMAEOutput, gmae_vit_base_patch16, gmae_vit_tiny
-from splathead.render import RenderOutput, SplatRenderer
+from splathead.model import GMAE, GMAEOutput
+from splathead.patches import patchify, unpatchify
+from splathead.render import RenderBackend, RenderOutput, SplatRenderer
 
 __version__ = "0.1.0"
 
@@ -34,19 +46,24 @@ __all__ = [
     "GMAEOutput",
     "GaussianHead",
     "Gaussians",
+    "MaskedEncoder",
     "PatchMask",
     "QueryDecoder",
     "RandomMasking",
+    "RenderBackend",
     "RenderOutput",
     "SplatRenderer",
+    "batched_gather",
     "gather_tokens",
     "gmae_vit_base_patch16",
     "gmae_vit_tiny",
     "image_mse",
+    "mask_formats",
     "masked_patch_mse",
     "patchify",
     "restore_tokens",
     "unpatchify",
     "viz",
+    "wrap",
     "zeroshot",
 ]

@@ -8,30 +8,18 @@ from typing import NamedTuple
 
 import torch
 from einops import repeat
-from timm.layers import to_2tuple
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.head import GaussianHead, Rotation
-from splathead.losses import patch_grid
+from splathead.initialization import init_like_mae
+from splathead.masking import PatchMask
+from splathead.patches import as_pair, patch_grid
 from splathead.pos_embed import sincos_pos_embed_2d
-from splathead.render import SplatRenderer
-from splathead.render.renderer import BackendName
+from splathead.render import BackendName, SplatRenderer
 from splathead.typing import Float, Int, Tensor, typecheck
-
-
-def init_like_mae(module: nn.Module) -> None:
-    """MAE's init for one module (use with ``apply``): xavier-uniform Linear weights, zero
-    biases, LayerNorm weight 1 and bias 0."""
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class QueryDecoder(nn.Module):
@@ -195,12 +183,8 @@ class GMAEDecoder(nn.Module):
         backend: BackendName = "auto",
     ) -> None:
         super().__init__()
-        self.img_size = tuple(to_2tuple(img_size))
-        self.patch_size = tuple(to_2tuple(patch_size))
-        if len(self.img_size) != 2 or len(self.patch_size) != 2:
-            raise ValueError(
-                f"img_size and patch_size must be an int or (h, w), got {img_size}, {patch_size}"
-            )
+        self.img_size = as_pair("img_size", img_size)
+        self.patch_size = as_pair("patch_size", patch_size)
         height, width = self.img_size
         self.grid_size = patch_grid(height, width, self.patch_size)
         self.query_decoder = QueryDecoder(
@@ -235,6 +219,11 @@ class GMAEDecoder(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.query_decoder.num_patches
+
+    @property
+    def camera(self) -> Camera:
+        """The camera the Gaussians are rendered with (:meth:`Camera.gmae` for ``img_size``)."""
+        return self.renderer.camera
 
     @typecheck
     def decode(self, latent: Float[Tensor, "b t e"], ids_keep: Int[Tensor, "b v"]) -> Gaussians:
@@ -273,6 +262,6 @@ class GMAEDecoder(nn.Module):
                     "indices as ids_keep=..."
                 )
             num_visible = latent.shape[1] - self.num_prefix_tokens
-            ids_keep = torch.argsort(ids_restore, dim=1)[:, :num_visible]
+            ids_keep = PatchMask.from_ids_restore(ids_restore, num_visible).ids_keep
         gaussians = self.decode(latent, ids_keep)
         return DecoderOutput(image=self.render(gaussians), gaussians=gaussians)

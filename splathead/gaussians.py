@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from splathead.camera import Camera
+from splathead.checks import host_scalars
 from splathead.indexing import batched_gather
 from splathead.typing import Bool, Float, Int, Tensor, typecheck
 
@@ -83,8 +84,7 @@ class Gaussians:
         problems["opacities lie outside [0, 1]"] = (
             (self.opacities < 0) | (self.opacities > 1)
         ).any()
-        flags = torch.stack(list(problems.values())).tolist()
-        failed = [message for message, flag in zip(problems, flags) if flag]
+        failed = [message for message, flag in host_scalars(problems).items() if flag]
         if failed:
             raise ValueError("invalid Gaussians: " + "; ".join(failed))
         return self

@@ -1,4 +1,5 @@
-"""Random patch masking as in MAE, and the index formats other codebases use for a mask.
+"""Random patch masking as in MAE (:mod:`splathead.mask_formats` reads and writes other
+codebases' index formats for the same mask).
 
 Indices count patch tokens only, in row-major grid order: patch ``i`` is token ``i`` of the
 encoder's patch sequence. Prefix tokens (cls, registers) are never masked and never indexed here;
@@ -10,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import repeat
 
+from splathead.checks import host_scalars
 from splathead.indexing import batched_gather
-from splathead.typing import Bool, Float, Int, Shaped, Tensor, typecheck
+from splathead.typing import Bool, Float, Int, Tensor, typecheck
 
 __all__ = ["PatchMask", "RandomMasking", "gather_tokens", "restore_tokens"]
 
@@ -32,8 +33,9 @@ class PatchMask:
             sequence with ``ids_restore`` puts it back in grid order (see :func:`restore_tokens`).
 
     Shapes, dtypes (int64) and devices are checked when the object is built; that the two index
-    tensors agree is checked by :meth:`validate`, which :meth:`from_mae` and :meth:`from_lightly`
-    call; :class:`RandomMasking` and :meth:`from_bool_mask` are consistent by construction.
+    tensors agree is checked by :meth:`validate`, which :mod:`splathead.mask_formats` calls on
+    what it reads; :class:`RandomMasking` and :meth:`from_bool_mask` are consistent by
+    construction.
     """
 
     ids_keep: Int[Tensor, "b k"]
@@ -106,10 +108,10 @@ class PatchMask:
         is_permutation = (torch.sort(self.ids_restore, dim=1).values == grid_order).all()
         # An in-range check first keeps the gather below from failing with an indexing error.
         keep_in_range = ((self.ids_keep >= 0) & (self.ids_keep < self.num_patches)).all()
-        flags = torch.stack([is_permutation, keep_in_range]).tolist()
-        if not flags[0]:
+        flags = host_scalars({"permutation": is_permutation, "in range": keep_in_range})
+        if not flags["permutation"]:
             raise ValueError("PatchMask.ids_restore rows must be permutations of 0..num_patches-1")
-        if not flags[1]:
+        if not flags["in range"]:
             raise ValueError(
                 f"PatchMask.ids_keep holds indices outside [0, {self.num_patches}) (num_patches)"
             )
@@ -130,7 +132,8 @@ class PatchMask:
         follow in ascending order in ``ids_shuffle``.
         """
         num_hidden = mask.sum(dim=1)
-        fewest, most = torch.stack([num_hidden.min(), num_hidden.max()]).tolist()
+        counts = host_scalars({"fewest": num_hidden.min(), "most": num_hidden.max()})
+        fewest, most = counts["fewest"], counts["most"]
         if fewest != most:
             raise ValueError(
                 f"mask must hide the same number of patches in every row (a batch of visible "
@@ -148,86 +151,11 @@ class PatchMask:
 
     @classmethod
     @typecheck
-    def from_mae(
-        cls, mask: Float[Tensor, "b l"] | Bool[Tensor, "b l"], ids_restore: Int[Tensor, "b l"]
-    ) -> PatchMask:
-        """From the ``(mask, ids_restore)`` pair MAE's ``random_masking`` returns.
-
-        ``mask`` is 1 (or True) where hidden, in grid order, as MAE's is.
-        """
-        num_hidden = mask.sum(dim=1)
-        fewest, most = torch.stack([num_hidden.min(), num_hidden.max()]).tolist()
-        if fewest != most or not float(most).is_integer():
-            raise ValueError(
-                f"mask must hold 0/1 values and hide the same number of patches in every row, "
-                f"got row sums between {fewest} and {most}"
-            )
+    def from_ids_restore(cls, ids_restore: Int[Tensor, "b l"], num_kept: int) -> PatchMask:
+        """From MAE's ``ids_restore`` and the number of visible patches ``k``: the visible ones
+        are the first ``k`` of its inverse permutation (MAE's ``ids_shuffle``)."""
         ids_restore = ids_restore.long()
-        num_kept = mask.shape[1] - int(most)
-        patch_mask = cls(
-            ids_keep=torch.argsort(ids_restore, dim=1)[:, :num_kept], ids_restore=ids_restore
-        ).validate()
-        if not torch.equal(patch_mask.mask, mask.bool()):
-            raise ValueError("mask disagrees with ids_restore: MAE's mask is ids_restore >= k")
-        return patch_mask
-
-    @typecheck
-    def to_mae(
-        self, dtype: torch.dtype = torch.float32
-    ) -> tuple[Shaped[Tensor, "b l"], Int[Tensor, "b l"]]:
-        """MAE's ``(mask [b l], ids_restore [b l])``, with the mask 1.0 where hidden."""
-        return self.mask.to(dtype), self.ids_restore
-
-    @classmethod
-    @typecheck
-    def from_lightly(
-        cls,
-        idx_keep: Int[Tensor, "b kp"],
-        idx_mask: Int[Tensor, "b m"],
-        *,
-        num_prefix_tokens: int = 1,
-    ) -> PatchMask:
-        """From lightly's ``(idx_keep, idx_mask)`` as ``random_token_mask`` returns them.
-
-        lightly indexes the whole token sequence, prefix tokens included (patch ``i`` is token
-        ``i + num_prefix_tokens``), and keeps the prefix tokens at the front of ``idx_keep``.
-        """
-        prefix = num_prefix_tokens
-        if prefix < 0 or idx_keep.shape[1] <= prefix:
-            raise ValueError(
-                f"idx_keep has {idx_keep.shape[1]} columns; it must hold the "
-                f"num_prefix_tokens={prefix} prefix tokens and at least one patch"
-            )
-        flags = torch.stack(
-            [
-                (idx_keep[:, :prefix] < prefix).all(),
-                (idx_keep[:, prefix:] >= prefix).all(),
-                (idx_mask >= prefix).all(),
-            ]
-        ).tolist()
-        if not all(flags):
-            raise ValueError(
-                f"idx_keep must start with the num_prefix_tokens={prefix} prefix tokens "
-                f"(indices < {prefix}) and list no other prefix token, and idx_mask must not "
-                "hold any prefix token"
-            )
-        ids_keep = idx_keep[:, prefix:].long() - prefix
-        ids_shuffle = torch.cat([ids_keep, idx_mask.long() - prefix], dim=1)
-        return cls(ids_keep=ids_keep, ids_restore=torch.argsort(ids_shuffle, dim=1)).validate()
-
-    @typecheck
-    def to_lightly(
-        self, *, num_prefix_tokens: int = 1
-    ) -> tuple[Int[Tensor, "b t"], Int[Tensor, "b m"]]:
-        """lightly's ``(idx_keep [b prefix+k], idx_mask [b l-k])`` over the whole token sequence:
-        prefix tokens first in ``idx_keep``, patch ``i`` shifted to ``i + num_prefix_tokens``."""
-        if num_prefix_tokens < 0:
-            raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
-        prefix = repeat(
-            torch.arange(num_prefix_tokens, device=self.device), "p -> b p", b=self.batch_size
-        )
-        idx_keep = torch.cat([prefix, self.ids_keep + num_prefix_tokens], dim=1)
-        return idx_keep, self.ids_hidden + num_prefix_tokens
+        return cls(ids_keep=torch.argsort(ids_restore, dim=1)[:, :num_kept], ids_restore=ids_restore)
 
 
 @dataclass(frozen=True)

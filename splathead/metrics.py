@@ -17,7 +17,8 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from splathead.losses import patch_grid, patchify
+from splathead.checks import host_scalars
+from splathead.patches import patch_grid, patchify
 from splathead.typing import Bool, Float, Tensor, typecheck
 
 __all__ = ["masked_psnr", "psnr", "ssim"]
@@ -25,9 +26,9 @@ __all__ = ["masked_psnr", "psnr", "ssim"]
 
 def _check_unit_range(**images: Tensor) -> None:
     """Raise naming the argument whose values leave [0, 1] (one device-to-host sync)."""
-    outside = torch.stack([~((image >= 0) & (image <= 1)).all() for image in images.values()])
-    for (name, image), bad in zip(images.items(), outside.tolist()):
-        if bad:
+    outside = host_scalars({name: ~((image >= 0) & (image <= 1)).all() for name, image in images.items()})
+    for name, image in images.items():
+        if outside[name]:
             raise ValueError(
                 f"{name} must be RGB in [0, 1] (de-normalise ImageNet-normalised images first), "
                 f"got values in [{image.min().item():.4g}, {image.max().item():.4g}] (or NaN)"

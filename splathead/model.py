@@ -1,4 +1,8 @@
-"""`GMAE`: any masked encoder + the Gaussian decoder + the paper's loss, and ViT factories."""
+"""`GMAE`: a masked encoder + the Gaussian decoder + the paper's loss.
+
+Built by :mod:`splathead.factories` (ViT models from scratch) or :meth:`GMAE.from_encoder` (an
+encoder of yours, e.g. ``splathead.adapters.wrap(timm_vit)``).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,15 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from splathead.adapters import MaskedEncoder, wrap
-from splathead.decoder import DecoderOutput, GMAEDecoder, init_like_mae
+from splathead.camera import Camera
+from splathead.decoder import DecoderOutput, GMAEDecoder
+from splathead.encoder import MaskedEncoder
 from splathead.gaussians import Gaussians
 from splathead.losses import image_mse, masked_patch_mse
 from splathead.masking import PatchMask, RandomMasking
-from splathead.pos_embed import sincos_pos_embed_2d
-from splathead.render.renderer import BackendName
+from splathead.render import SplatRenderer
 from splathead.typing import Float, Int, Tensor, typecheck
 
 Loss = Literal["masked", "full"]
@@ -45,8 +48,8 @@ class GMAE(nn.Module):
     :meth:`render` (Gaussians to image); :meth:`reconstruct` runs them without masking.
 
     Args:
-        encoder: a :class:`~splathead.adapters.MaskedEncoder`, or a backbone
-            :func:`splathead.adapters.wrap` adapts (timm ViT, Hugging Face ViTMAE / DINOv2).
+        encoder: a :class:`~splathead.encoder.MaskedEncoder` module, e.g. a timm ViT or a
+            Hugging Face ViTMAE / DINOv2 adapted by :func:`splathead.adapters.wrap`.
         decoder: a :class:`GMAEDecoder` built for this encoder: same width, patch size, prefix
             tokens and patch grid (checked here).
         mask_ratio: fraction of patches hidden from the encoder, in [0, 1) (paper: 0.75).
@@ -62,7 +65,7 @@ class GMAE(nn.Module):
 
     def __init__(
         self,
-        encoder: MaskedEncoder | nn.Module,
+        encoder: MaskedEncoder,
         decoder: GMAEDecoder,
         *,
         mask_ratio: float = 0.75,
@@ -72,9 +75,7 @@ class GMAE(nn.Module):
         freeze_encoder: bool = False,
     ) -> None:
         super().__init__()
-        encoder = wrap(encoder)
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
+        _check_encoder(encoder)
         _check_compatible(encoder, decoder)
         if loss not in ("masked", "full"):
             raise ValueError(f"loss must be 'masked' or 'full', got {loss!r}")
@@ -102,7 +103,7 @@ class GMAE(nn.Module):
     @classmethod
     def from_encoder(
         cls,
-        encoder: MaskedEncoder | nn.Module,
+        encoder: MaskedEncoder,
         *,
         img_size: int | Sequence[int],
         mask_ratio: float = 0.75,
@@ -115,9 +116,9 @@ class GMAE(nn.Module):
         """A GMAE whose decoder is sized from ``encoder`` (width, patch size, prefix tokens).
 
         ``decoder_kwargs`` go to :class:`GMAEDecoder` (paper defaults otherwise), e.g.
-        ``GMAE.from_encoder(timm.create_model("vit_base_patch16_224.mae"), img_size=224)``.
+        ``GMAE.from_encoder(wrap(timm.create_model("vit_base_patch16_224.mae")), img_size=224)``.
         """
-        encoder = wrap(encoder)
+        _check_encoder(encoder)
         decoder = GMAEDecoder(
             encoder_dim=encoder.embed_dim,
             img_size=img_size,
@@ -150,6 +151,16 @@ class GMAE(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.decoder.num_patches
+
+    @property
+    def renderer(self) -> SplatRenderer:
+        """The decoder's renderer (e.g. for :mod:`splathead.zeroshot`'s layer renders)."""
+        return self.decoder.renderer
+
+    @property
+    def camera(self) -> Camera:
+        """The camera the Gaussians are rendered with (scene x, y in (-1, 1) span the image)."""
+        return self.decoder.camera
 
     def no_weight_decay(self) -> set[str]:
         """Full names of the parameters AdamW leaves undecayed: what each part's own
@@ -263,6 +274,15 @@ class GMAE(nn.Module):
         )
 
 
+def _check_encoder(encoder: object) -> None:
+    """Raise ``TypeError`` unless ``encoder`` is a module implementing :class:`MaskedEncoder`."""
+    if not (isinstance(encoder, nn.Module) and isinstance(encoder, MaskedEncoder)):
+        raise TypeError(
+            f"encoder must be a MaskedEncoder module, got {type(encoder).__name__}; adapt a timm "
+            "or Hugging Face backbone with splathead.adapters.wrap(backbone)"
+        )
+
+
 def _check_compatible(encoder: MaskedEncoder, decoder: GMAEDecoder) -> None:
     """Raise ``ValueError`` naming the first setting where ``decoder`` doesn't fit ``encoder``."""
     pairs = {
@@ -287,97 +307,3 @@ def _check_compatible(encoder: MaskedEncoder, decoder: GMAEDecoder) -> None:
             f"encoder's patch grid {grid_size} for img_size {decoder.img_size} differs from the "
             f"decoder's {decoder.grid_size}"
         )
-
-
-def init_vit_like_mae(vit: VisionTransformer) -> VisionTransformer:
-    """Initialise a timm ViT for pretraining as MAE does, in place; returns ``vit``.
-
-    Fixed 2D sin-cos positions (MAE layout, zero rows for prefix tokens, ``requires_grad``
-    False), xavier-uniform Linear and patch-projection weights, zero biases, cls token normal
-    with std 0.02.
-    """
-    grid_size = tuple(vit.patch_embed.grid_size)
-    num_position_prefix = vit.pos_embed.shape[1] - grid_size[0] * grid_size[1]
-    table = sincos_pos_embed_2d(vit.embed_dim, grid_size, num_prefix_tokens=num_position_prefix)
-    with torch.no_grad():
-        vit.pos_embed.copy_(table[None])
-    vit.pos_embed.requires_grad_(False)
-    vit.apply(init_like_mae)
-    nn.init.xavier_uniform_(vit.patch_embed.proj.weight.view(vit.embed_dim, -1))
-    if vit.cls_token is not None:
-        nn.init.normal_(vit.cls_token, std=0.02)
-    return vit
-
-
-@typecheck
-def build_gmae_vit(
-    *,
-    img_size: int = 224,
-    patch_size: int = 16,
-    embed_dim: int = 768,
-    depth: int = 12,
-    num_heads: int = 12,
-    decoder_embed_dim: int = 512,
-    decoder_depth: int = 8,
-    decoder_num_heads: int = 16,
-    num_queries: int = 256,
-    max_scale: float = 1 / 8,
-    mask_ratio: float = 0.75,
-    loss: Loss = "masked",
-    freeze_encoder: bool = False,
-    backend: BackendName = "auto",
-    **vit_kwargs: Any,
-) -> GMAE:
-    """A GMAE with an MAE-initialised timm ``VisionTransformer`` encoder (cls token, fixed sin-cos
-    positions; :func:`init_vit_like_mae`). Defaults: the paper's ViT-B/16 model.
-
-    ``vit_kwargs`` go to timm's ``VisionTransformer`` (e.g. ``drop_path_rate``, ``mlp_ratio``).
-    """
-    vit = VisionTransformer(
-        img_size=img_size,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        num_classes=0,
-        **vit_kwargs,
-    )
-    return GMAE.from_encoder(
-        init_vit_like_mae(vit),
-        img_size=img_size,
-        mask_ratio=mask_ratio,
-        loss=loss,
-        freeze_encoder=freeze_encoder,
-        dim=decoder_embed_dim,
-        depth=decoder_depth,
-        num_heads=decoder_num_heads,
-        num_queries=num_queries,
-        max_scale=max_scale,
-        backend=backend,
-    )
-
-
-def gmae_vit_base_patch16(**overrides: Any) -> GMAE:
-    """The paper's GMAE: ViT-B/16 encoder (768 wide, 12 blocks, 12 heads) at 224 px, decoder
-    512 wide, 8 blocks, 16 heads, 256 Gaussians, ``max_scale`` 1/8 (c = 1), mask ratio 0.75.
-
-    ``overrides``: any keyword of :func:`build_gmae_vit`.
-    """
-    return build_gmae_vit(**overrides)
-
-
-def gmae_vit_tiny(img_size: int = 64, **overrides: Any) -> GMAE:
-    """A small GMAE for tests and laptops: 8 px patches, 96-wide 3-block encoder, 64-wide
-    2-block decoder, 64 Gaussians. ``overrides``: any keyword of :func:`build_gmae_vit`.
-    """
-    config = dict(
-        patch_size=8,
-        embed_dim=96,
-        depth=3,
-        num_heads=3,
-        decoder_embed_dim=64,
-        decoder_depth=2,
-        decoder_num_heads=4,
-        num_queries=64,
-    )
-    return build_gmae_vit(img_size=img_size, **{**config, **overrides})

@@ -4,8 +4,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
 
-from splathead.losses import image_mse, masked_patch_mse, patchify, unpatchify
+from splathead.losses import image_mse, masked_patch_mse
 from splathead.masking import RandomMasking
+from splathead.patches import patchify, unpatchify
 
 
 def mae_patchify(images, patch_height, patch_width):

@@ -5,6 +5,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from splathead.mask_formats import from_lightly, from_mae, to_lightly, to_mae
 from splathead.masking import PatchMask, RandomMasking, gather_tokens, restore_tokens
 
 
@@ -192,13 +193,20 @@ def test_bool_mask_hiding_every_patch_is_rejected():
 
 
 @given(mask_settings())
+def test_ids_restore_and_the_visible_count_give_back_the_mask(settings):
+    patch_mask = draw_mask(*settings)
+
+    assert_same(PatchMask.from_ids_restore(patch_mask.ids_restore.int(), patch_mask.num_kept), patch_mask)
+
+
+@given(mask_settings())
 def test_mae_pair_round_trips(settings):
     patch_mask = draw_mask(*settings)
 
-    mask, ids_restore = patch_mask.to_mae()
+    mask, ids_restore = to_mae(patch_mask)
 
     assert mask.dtype == torch.float32
-    assert_same(PatchMask.from_mae(mask, ids_restore), patch_mask)
+    assert_same(from_mae(mask, ids_restore), patch_mask)
 
 
 @given(mask_settings())
@@ -207,28 +215,28 @@ def test_mae_pair_from_mae_random_masking_is_read_back(settings):
     noise = torch.rand(batch_size, num_patches, generator=torch.Generator().manual_seed(seed))
     _, mask, ids_restore = mae_random_masking(torch.zeros(batch_size, num_patches, 1), ratio, noise)
 
-    assert_same(PatchMask.from_mae(mask, ids_restore), RandomMasking(ratio).from_noise(noise))
+    assert_same(from_mae(mask, ids_restore), RandomMasking(ratio).from_noise(noise))
 
 
 def test_mae_pair_that_disagrees_is_rejected():
     patch_mask = PatchMask.from_bool_mask(torch.tensor([[True, True, False, False]]))
-    mask, ids_restore = patch_mask.to_mae()
+    mask, ids_restore = to_mae(patch_mask)
 
     with pytest.raises(ValueError, match="mask disagrees with ids_restore"):
-        PatchMask.from_mae(mask.flip(1), ids_restore)
+        from_mae(mask.flip(1), ids_restore)
 
 
 @given(mask_settings(), st.integers(0, 5))
 def test_lightly_indices_round_trip(settings, num_prefix_tokens):
     patch_mask = draw_mask(*settings)
 
-    idx_keep, idx_mask = patch_mask.to_lightly(num_prefix_tokens=num_prefix_tokens)
+    idx_keep, idx_mask = to_lightly(patch_mask, num_prefix_tokens=num_prefix_tokens)
 
     assert idx_keep.shape == (patch_mask.batch_size, num_prefix_tokens + patch_mask.num_kept)
     prefix = torch.arange(num_prefix_tokens).expand(patch_mask.batch_size, -1)
     assert torch.equal(idx_keep[:, :num_prefix_tokens], prefix)
     assert_same(
-        PatchMask.from_lightly(idx_keep, idx_mask, num_prefix_tokens=num_prefix_tokens), patch_mask
+        from_lightly(idx_keep, idx_mask, num_prefix_tokens=num_prefix_tokens), patch_mask
     )
 
 
@@ -239,11 +247,11 @@ def test_lightly_random_token_mask_output_is_read_and_written_back(batch_size, l
         batch_size, length, ratio, torch.Generator().manual_seed(seed)
     )
 
-    patch_mask = PatchMask.from_lightly(idx_keep, idx_mask)
+    patch_mask = from_lightly(idx_keep, idx_mask)
 
     assert torch.equal(patch_mask.ids_keep, idx_keep[:, 1:] - 1)  # patch i is token i + 1
     assert patch_mask.num_patches == length - 1
-    written_keep, written_mask = patch_mask.to_lightly()
+    written_keep, written_mask = to_lightly(patch_mask)
     assert torch.equal(written_keep, idx_keep)
     assert torch.equal(written_mask, idx_mask)
 
@@ -253,7 +261,7 @@ def test_lightly_indices_masking_the_class_token_are_rejected():
     idx_mask = torch.tensor([[0, 3]])
 
     with pytest.raises(ValueError, match="must start with the num_prefix_tokens=1 prefix tokens"):
-        PatchMask.from_lightly(idx_keep, idx_mask)
+        from_lightly(idx_keep, idx_mask)
 
 
 def test_patch_mask_must_keep_at_least_one_patch():

@@ -5,11 +5,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.vision_transformer import VisionTransformer
 from torchvision.transforms import Normalize
 
-from splathead.adapters import TimmViTEncoder
+from splathead.adapters import TimmViTEncoder, wrap
 from splathead.decoder import GMAEDecoder
 from splathead.gaussians import Gaussians
 from splathead.masking import PatchMask, RandomMasking
-from splathead.model import GMAE, GMAEOutput, gmae_vit_base_patch16, gmae_vit_tiny
+from splathead.factories import gmae_vit_base_patch16, gmae_vit_tiny
+from splathead.model import GMAE, GMAEOutput
 from splathead.pos_embed import sincos_pos_embed_2d
 
 IMG_SIZE = 32
@@ -201,10 +202,22 @@ def test_masked_loss_without_masking_is_rejected():
 
 def test_timm_vit_is_wrapped_and_decoder_sized_from_it():
     vit = small_vit(reg_tokens=4, embed_dim=48, num_heads=3)
-    model = GMAE.from_encoder(vit, img_size=IMG_SIZE, dim=32, depth=1, num_heads=2, num_queries=8)
+    model = GMAE.from_encoder(wrap(vit), img_size=IMG_SIZE, dim=32, depth=1, num_heads=2, num_queries=8)
     assert isinstance(model.encoder, TimmViTEncoder) and model.encoder.vit is vit
     assert model.decoder.num_prefix_tokens == 5 and model.decoder.encoder_dim == 48
     assert model(normalised_images()).image.shape == (2, 3, IMG_SIZE, IMG_SIZE)
+
+
+def test_a_backbone_that_is_not_a_masked_encoder_is_rejected_with_the_fix():
+    with pytest.raises(TypeError, match=r"MaskedEncoder module, got VisionTransformer; .*wrap\(backbone\)"):
+        GMAE.from_encoder(small_vit(), img_size=IMG_SIZE)
+
+
+def test_callers_reach_the_renderer_and_camera_through_the_model():
+    model = tiny()
+    assert model.renderer is model.decoder.renderer
+    assert model.camera == model.decoder.renderer.camera
+    assert (model.camera.width, model.camera.height) == (IMG_SIZE, IMG_SIZE)
 
 
 def test_forward_and_backward_run_under_bfloat16_autocast():
@@ -223,7 +236,7 @@ def test_hugging_face_vitmae_is_wrapped():
         num_attention_heads=2, intermediate_size=64,
     )  # fmt: skip
     model = GMAE.from_encoder(
-        transformers.ViTMAEModel(config), img_size=IMG_SIZE, dim=32, depth=1, num_heads=2,
+        wrap(transformers.ViTMAEModel(config)), img_size=IMG_SIZE, dim=32, depth=1, num_heads=2,
         num_queries=8, backend="torch",
     )  # fmt: skip
     output = model(normalised_images())

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from skimage import data
 from skimage.transform import resize
 
-from splathead.model import gmae_vit_tiny
+from splathead.factories import gmae_vit_tiny
 
 IMG_SIZE = 32
 STEPS = 250

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splathead.model import gmae_vit_tiny
+from splathead.factories import gmae_vit_tiny
 from splathead.probes import BlockFeatures, OnlineProbes, probe_loss
 
 

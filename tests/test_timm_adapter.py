@@ -6,7 +6,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from hidden_keys import keys_hidden_from_attention
-from splathead.adapters.base import MaskedEncoder
+from splathead.adapters import MaskedEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder
 from splathead.masking import RandomMasking
 

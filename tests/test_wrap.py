@@ -104,7 +104,7 @@ def test_wrap_works_for_timm_without_transformers_installed():
 def test_gmae_takes_one_training_step_through_each_family(make_backbone, adapter, image_size):
     torch.manual_seed(0)
     model = GMAE.from_encoder(
-        make_backbone(),
+        wrap(make_backbone()),
         img_size=image_size,
         dim=32,
         depth=1,

@@ -1,4 +1,5 @@
-"""The `MaskedEncoder` protocol every backbone adapter implements."""
+"""The `MaskedEncoder` protocol: what `GMAE` needs of an encoder; `splathead.adapters` implements it
+for timm and Hugging Face backbones."""
 
 from __future__ import annotations
 
