@@ -20,7 +20,10 @@ FIELDS = ("means", "scales", "quats", "colors", "opacities")
 # The guarantee lives in SplatRenderer, so it holds for any backend: the built-in ones and the
 # dense definition behind the RenderBackend protocol, as a user's own backend would be.
 BACKENDS = ["torch", "reference", pytest.param("gsplat", marks=pytest.mark.cuda)]
-DEGENERATE = ("no gaussians", "all below 1/255", "all off-screen", "all behind the near plane")
+DEGENERATE = (
+    "no gaussians", "all below 1/255", "all off-screen", "all behind the near plane",
+    "all beyond the far plane",
+)
 
 
 def make_camera(model: str, size: int = 16) -> Camera:
@@ -44,6 +47,8 @@ def degenerate_scene(kind: str, camera: Camera, b: int, n: int, seed: int) -> Ga
     elif kind == "all behind the near plane":
         camera_z = torch.rand(b, n, generator=generator) * -10 + camera.near / 2
         means[..., 2] = camera_z - camera.viewmat[2, 3]
+    elif kind == "all beyond the far plane":
+        means[..., 2] = means[..., 2] + 2 * camera.far
     return Gaussians(
         means=means,
         scales=torch.rand(b, n, 3, generator=generator) / 10,
@@ -142,3 +147,22 @@ def test_scenes_that_are_not_a_collapse_are_not_warned(caplog, kind):
     with caplog.at_level(logging.WARNING, logger="splathead"):
         SplatRenderer(camera, backend="torch")(degenerate_scene(kind, camera, 2, 3, 0))
     assert collapse_warnings(caplog) == []
+
+
+def test_a_collapsed_gmae_still_gives_every_parameter_a_gradient():
+    from splathead.model import gmae_vit_tiny
+
+    torch.manual_seed(0)
+    model = gmae_vit_tiny(
+        img_size=32, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+        num_queries=8, backend="torch",
+    )
+    # Every opacity below 1/255, as an optimiser without warmup can drive them within steps.
+    model.decoder.head.register_forward_hook(
+        lambda module, args, gaussians: gaussians.replace(opacities=gaussians.opacities * 1e-3)
+    )
+    loss = model(torch.randn(2, 3, 32, 32)).loss
+    loss.backward()  # a DDP all-reduce would need a gradient for every parameter
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
