@@ -150,7 +150,7 @@ def test_scenes_that_are_not_a_collapse_are_not_warned(caplog, kind):
 
 
 def test_a_collapsed_gmae_still_gives_every_parameter_a_gradient():
-    from splathead.model import gmae_vit_tiny
+    from splathead import gmae_vit_tiny
 
     torch.manual_seed(0)
     model = gmae_vit_tiny(
