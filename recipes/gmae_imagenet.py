@@ -20,11 +20,12 @@ from splathead import GMAE, GMAEOutput
 from splathead.viz import hide_patches, save_reconstruction_grid
 
 from splathead_recipes import distributed
+from splathead_recipes.checkpoint import CheckpointError
 from splathead_recipes.config import Config, ConfigError, parse_config, validate
 from splathead_recipes.data import Batch, build_dataset, build_loader
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.logs import setup_logging
-from splathead_recipes.loop import NonFiniteLossError, StepHook, fit, seed_everything
+from splathead_recipes.loop import NonFiniteError, StepHook, fit, seed_everything
 from splathead_recipes.models import build_model
 from splathead_recipes.optim import build_optimizer, learning_rate
 from splathead_recipes.train_step import StepResult
@@ -63,6 +64,8 @@ def image_dumps(config: Config, model: GMAE, runtime: Runtime) -> StepHook:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done (or checkpointed on a signal), 1 failed in training, 2 bad settings
+    or checkpoint, found before any training step."""
     config = parse_config(argv)
     try:
         validate(config, world_size=distributed.world_size_from_env(),
@@ -74,25 +77,40 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(runtime.is_main)
     try:
         return train(config, runtime)
-    except NonFiniteLossError as error:
+    except NonFiniteError as error:
         log.error("%s", error)
         return 1
-    except ConfigError as error:  # found late, e.g. a checkpoint that does not fit
+    except (ConfigError, CheckpointError) as error:  # found once data, model or checkpoint load
         log.error("%s", error)
         return 2
     finally:
         distributed.teardown()
 
 
+def build_model_for(config: Config) -> GMAE:
+    """:func:`build_model`, with the settings it cannot take reported as :class:`ConfigError`."""
+    settings = (f"--model {config.model} --img-size {config.img_size} --num-gaussians "
+                f"{config.num_gaussians} --mask-ratio {config.mask_ratio}")
+    try:
+        model = build_model(config)
+    except ValueError as error:
+        raise ConfigError(f"{settings}: {error}") from None
+    # MAE's masking keeps int(patches x (1 - ratio)); the encoder needs at least one.
+    if int(model.num_patches * (1 - config.mask_ratio)) < 1:
+        raise ConfigError(f"{settings}: --mask-ratio {config.mask_ratio} leaves no visible patch "
+                          f"of the {model.num_patches}; lower it or raise --img-size")
+    return model
+
+
 def train(config: Config, runtime: Runtime) -> int:
-    """Build the GMAE, its optimiser and loader, and hand them to the shared loop."""
-    seed_everything(config.seed)  # identical initial weights on every rank
-    model = build_model(config).to(runtime.device)
+    """Build the data, the GMAE and its optimiser, and hand them to the shared loop."""
     use_cuda = runtime.device.type == "cuda"
-    optimizer = build_optimizer(model, config, fused=use_cuda)
     loader, sampler = build_loader(config, build_dataset(config), rank=runtime.rank,
                                    world_size=runtime.world_size,
                                    pin_memory=config.pin_memory and use_cuda)
+    seed_everything(config.seed)  # identical initial weights on every rank
+    model = build_model_for(config).to(runtime.device)
+    optimizer = build_optimizer(model, config, fused=use_cuda)
     log.info("%s, peak lr %.3g", config.model, config.learning_rate)
 
     def schedule(step: int) -> float:

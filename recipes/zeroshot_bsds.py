@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from splathead.zeroshot import (
     soft_edges,
 )
 
+from splathead_recipes.checkpoint import CheckpointError
 from splathead_recipes.models import load_pretrained
 
 log = logging.getLogger("zeroshot_bsds")
@@ -285,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_benchmark_options(parser, args)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except CheckpointError as error:
+        print(f"error: --checkpoint {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -60,6 +60,11 @@ def test_demo_preset_is_valid_on_cpu():
         ({"crop_scale": (0.9, 0.1), "dataset": "synthetic"}, 1, True, "--crop-scale"),
         ({"resume": "/no/such.pt", "dataset": "synthetic"}, 1, True, "no such file"),
         ({"model": "nope", "dataset": "synthetic"}, 1, True, "--model 'nope' is not one of"),
+        ({"lr": float("nan"), "dataset": "synthetic"}, 1, True, "--lr must be finite"),
+        ({"blr": float("inf"), "dataset": "synthetic"}, 1, True, "--blr must be finite"),
+        ({"clip_grad": float("nan"), "dataset": "synthetic"}, 1, True, "--clip-grad must be"),
+        ({"max_scale": float("inf"), "dataset": "synthetic"}, 1, True, "--max-scale must be"),
+        ({"betas": (0.9, float("nan")), "dataset": "synthetic"}, 1, True, "--betas must be"),
         ({"model": "GMAE", "dataset": "synthetic"}, 1, True, "--model 'GMAE' is not one of"),
         ({"dataset": "synthetic"}, 1, False, "--precision bf16 autocasts on CUDA only"),
         ({"backend": "nccl", "precision": "fp32", "dataset": "synthetic"}, 1, False,
@@ -112,3 +117,15 @@ def test_schedule_agrees_with_timms_cosine_scheduler_to_rounding():
         timm_schedule.step_update(step)
         assert learning_rate(step, config=config, steps_per_epoch=100) == pytest.approx(
             optimizer.param_groups[0]["lr"], rel=1e-13, abs=0)
+
+
+def test_resuming_a_checkpoint_from_elsewhere_into_another_runs_folder_is_refused(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.jsonl").write_text("")
+    config = dataclasses.replace(PRESETS["demo"], output_dir=str(tmp_path / "other"),
+                                 resume=str(tmp_path / "checkpoint-00000004.pt"))
+    (tmp_path / "checkpoint-00000004.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="holds another run's files"):
+        check(config)
+    check(dataclasses.replace(config, resume="auto"))
+

@@ -13,7 +13,7 @@ from PIL import Image
 
 from splathead_recipes import checkpoint
 from splathead_recipes.config import PRESETS
-from splathead_recipes.data import ResumableSampler, build_dataset, build_loader
+from splathead_recipes.data import ResumableSampler, build_dataset, build_loader, load_rgb
 
 
 def image_folder(root: Path, *, good: int, corrupt: int) -> Path:
@@ -111,3 +111,32 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     actual = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], actual[0]) and np.array_equal(expected[1], actual[1])
     assert expected[2] == actual[2]
+
+
+def test_pruning_keeps_checkpoints_of_later_steps(tmp_path):
+    for step in (2, 4):
+        checkpoint.save_and_prune({"step": step}, tmp_path, step=step, keep=1)
+    checkpoint.save_and_prune({"step": 3}, tmp_path, step=3, keep=1)  # resumed from step 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "checkpoint-00000003.pt", "checkpoint-00000004.pt"]
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits(tmp_path):
+    levels = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    Image.fromarray(levels).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I;16")
+    rgb = np.asarray(load_rgb(str(tmp_path / "grey16.png")))
+    expected = np.round(levels / 257).astype(np.uint8)
+    assert rgb.shape == (64, 64, 3) and np.array_equal(rgb[..., 1], expected)
+
+
+def test_transparency_is_composited_onto_white(tmp_path):
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0] = 200  # a red hidden under alpha
+    rgba[..., 3] = [[0, 255], [128, 0]]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    rgb = np.asarray(load_rgb(str(tmp_path / "rgba.png"))).astype(int)
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[0, 1].tolist() == [200, 0, 0]
+    blend = [round((200 * 128 + 255 * 127) / 255), round(255 * 127 / 255), round(255 * 127 / 255)]
+    assert np.abs(rgb[1, 0] - blend).max() <= 1
+

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -12,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import gmae_imagenet as recipe
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "gmae_imagenet.py"
@@ -21,16 +23,6 @@ SCRIPT = ROOT / "recipes" / "gmae_imagenet.py"
 TINY = ["--preset", "demo", "--img-size", "32", "--num-gaussians", "16", "--batch-size", "8",
         "--samples-per-epoch", "16", "--num-workers", "0", "--log-every", "1",
         "--image-every", "0"]
-
-
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("gmae_imagenet", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
 
 
 def run(output_dir: Path, *flags: str) -> int:
@@ -151,3 +143,163 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     (saved,) = checkpoints(tmp_path)
     step = torch.load(tmp_path / saved, weights_only=True)["step"]
     assert 0 < step < 10_000 and step == max(losses(tmp_path))
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_fresh_run_refuses_a_folder_holding_another_runs_files_and_changes_nothing(
+        tmp_path, capsys):
+    assert run(tmp_path, "--epochs", "2", "--checkpoint-every", "1") == 0
+    before = files_of(tmp_path)
+    assert run(tmp_path, "--epochs", "2", "--max-steps", "1") == 2
+    error = capsys.readouterr().err
+    assert f"--output-dir {tmp_path} holds another run's files" in error
+    assert "--resume auto" in error and "another --output-dir" in error
+    assert files_of(tmp_path) == before
+
+
+def test_resume_auto_refuses_when_no_checkpoint_loads_and_lists_them(tmp_path, caplog):
+    run(tmp_path, "--epochs", "1", "--checkpoint-every", "1")
+    for path in tmp_path.glob("checkpoint-*.pt"):
+        path.write_bytes(path.read_bytes()[:200])
+    before = files_of(tmp_path)
+    assert run(tmp_path, "--epochs", "1", "--resume", "auto") == 2
+    assert "none of the 2 checkpoints" in caplog.text
+    assert "checkpoint-00000001.pt" in caplog.text and "checkpoint-00000002.pt" in caplog.text
+    assert files_of(tmp_path) == before
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path, caplog):
+    run(tmp_path, "--epochs", "2", "--max-steps", "2")
+    with open(tmp_path / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 3, "epoch": 1.5, "lo')
+    assert run(tmp_path, "--epochs", "2", "--resume", "auto") == 0
+    assert "is not a complete record" in caplog.text
+    assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+
+
+def test_no_checkpoint_holds_a_non_finite_tensor(tmp_path, monkeypatch, caplog):
+    # A NaN learning rate makes AdamW write NaN weights while step 1's loss and gradients are
+    # finite: the guard on the loss cannot see it, the one on the saved state must.
+    monkeypatch.setattr(recipe, "learning_rate", lambda step, **_: float("nan"))
+    assert run(tmp_path, "--epochs", "2", "--checkpoint-every", "1") == 1
+    assert "non-finite parameters or optimiser state after step 1; not checkpointed" in caplog.text
+    assert checkpoints(tmp_path) == []
+
+
+def image_folder(root: Path, count: int, *, readable: bool = True) -> Path:
+    folder = root / "train" / "class_0"
+    folder.mkdir(parents=True)
+    for index in range(count):
+        path = folder / f"{index}.png"
+        if readable:
+            Image.fromarray(np.full((8, 8, 3), index, np.uint8)).save(path)
+        else:
+            path.write_bytes(b"not an image")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--img-size", "60"], "--img-size 60"),
+        (["--img-size", "4"], "--img-size 4"),
+        (["--mask-ratio", "0.99"], "--mask-ratio 0.99 leaves no visible patch"),
+        (["--max-scale", "nan"], "--max-scale must be finite"),
+        (["--clip-grad", "nan"], "--clip-grad must be finite"),
+        (["--model", "nope"], "--model 'nope' is not one of"),
+        (["--dataset", "imagefolder", "--data-path", "EMPTY"], "--data-path"),
+        (["--dataset", "imagefolder", "--data-path", "SEVEN"], "fewer than one --batch-size 8"),
+        (["--output-dir", "FILE/run"], "is a file, not a folder"),
+    ],
+)
+def test_bad_settings_exit_2_before_training_naming_the_flag(tmp_path, flags, named, capsys,
+                                                             caplog):
+    (tmp_path / "EMPTY" / "train").mkdir(parents=True)
+    image_folder(tmp_path / "SEVEN", 7)
+    (tmp_path / "FILE").write_text("")
+    flags = [flag.replace("EMPTY", str(tmp_path / "EMPTY")).replace(
+        "SEVEN", str(tmp_path / "SEVEN")).replace("FILE", str(tmp_path / "FILE"))
+        for flag in flags]
+    output = tmp_path / "out"
+    assert recipe.main([*TINY, "--output-dir", str(output), *flags]) == 2
+    assert named in capsys.readouterr().err + caplog.text
+    assert not output.exists() or not any(output.iterdir())
+
+
+def checkpoint_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Bad ``--resume`` / ``--checkpoint`` files and what their error must say."""
+    run(tmp_path / "run", "--epochs", "1", "--num-gaussians", "8")
+    good = tmp_path / "run" / "checkpoint-00000002.pt"
+    state = torch.load(good, weights_only=True)
+    files = {name: tmp_path / f"{name}.pt" for name in ("empty", "bare", "truncated", "pickle")}
+    files["empty"].write_bytes(b"")
+    torch.save(state["model"], files["bare"])
+    files["truncated"].write_bytes(good.read_bytes()[:1000])
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'exploited'}",))
+
+    torch.save({"model": Exploit()}, files["pickle"])
+    return {"empty": (files["empty"], "the file is empty"),
+            "bare": (files["bare"], "looks like a bare state dict"),
+            "truncated": (files["truncated"], "not a readable checkpoint"),
+            "pickle": (files["pickle"], "refused to load"),
+            "other size": (good, "num_gaussians: 8 there, 16 here")}
+
+
+def test_unusable_resume_files_give_one_error_naming_the_file_and_the_problem(tmp_path,
+                                                                             caplog):
+    for name, (path, message) in checkpoint_files(tmp_path).items():
+        caplog.clear()
+        output = tmp_path / f"resume_{name.replace(' ', '_')}"
+        assert run(output, "--epochs", "1", "--resume", str(path)) == 2, name
+        assert str(path) in caplog.text and message in caplog.text, (name, caplog.text)
+        assert "Traceback" not in caplog.text
+    assert not (tmp_path / "exploited").exists()
+
+
+def test_zeroshot_run_gives_the_same_errors_for_unusable_checkpoints(tmp_path, capsys):
+    import zeroshot_bsds
+
+    data = tmp_path / "bsds"
+    (data / "groundTruth").mkdir(parents=True)
+    (data / "groundTruth" / "1.mat").write_bytes(b"")
+    files = checkpoint_files(tmp_path)
+    state = torch.load(files["other size"][0], weights_only=True)
+    state["config"]["num_gaussians"] = 16  # the config of another model than the weights
+    torch.save(state, files["other size"][0])
+    files["other size"] = (files["other size"][0], "do not fit the model its config describes")
+    for name, (path, message) in files.items():
+        argv = ["run", "--data-dir", str(data), "--checkpoint", str(path), "--methods", "gmae",
+                "--output-dir", str(tmp_path / "zeroshot")]
+        assert zeroshot_bsds.main(argv) == 2, name
+        error = capsys.readouterr().err
+        assert str(path) in error and message in error, (name, error)
+    assert not (tmp_path / "exploited").exists()
+
+
+def test_an_error_in_a_loader_worker_ends_the_run_and_its_workers(tmp_path):
+    import multiprocessing
+
+    data = image_folder(tmp_path / "data", 40, readable=False)
+    with pytest.raises(RuntimeError, match="32 consecutive unreadable images"):
+        run(tmp_path / "out", "--dataset", "imagefolder", "--data-path", str(data),
+            "--batch-size", "4", "--num-workers", "1")
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_an_error_exits_promptly_with_a_non_zero_status(tmp_path, ranks):
+    data = image_folder(tmp_path / "data", 40, readable=False)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+    process = _spawn(*(launcher if ranks > 1 else []), str(SCRIPT), *TINY, "--dataset",
+                     "imagefolder", "--data-path", str(data), "--batch-size", "4",
+                     "--num-workers", "1", "--output-dir", str(tmp_path / "out"))
+    output, _ = process.communicate(timeout=90)
+    assert process.returncode not in (0, None), output
+    assert "consecutive unreadable images" in output, output

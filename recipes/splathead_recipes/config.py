@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 from splathead.render.renderer import BackendName
 
+from splathead_recipes.checkpoint import foreign_run_problem
 from splathead_recipes.models import MODEL_FACTORIES
 
 IMAGENET_TRAIN_SIZE = 1_281_167
@@ -124,67 +126,107 @@ def _flag(name: str) -> str:
 
 
 def validate(config: Config, *, world_size: int, cuda_available: bool) -> None:
-    """Raise :class:`ConfigError` for any setting that would fail later, before training starts."""
+    """Raise :class:`ConfigError` for any setting that would fail later, before training starts.
 
-    def fail(message: str) -> None:
-        raise ConfigError(message)
+    What needs the model or the dataset built (the image size against the patch size, the mask
+    ratio against the patch count, an empty or too small image folder) is checked when the
+    recipe builds them, still before the first step.
+    """
+    for check in (_check_values, _check_ranges, _check_paths):
+        if problem := check(config):
+            raise ConfigError(problem)
+    if problem := _check_placement(config, world_size, cuda_available):
+        raise ConfigError(problem)
 
+
+def _check_values(config: Config) -> str | None:
+    """Choices among the allowed ones and finite numbers."""
     hints = typing.get_type_hints(Config)
     for spec in dataclasses.fields(Config):
         choices = typing.get_args(hints[spec.name])
         value = getattr(config, spec.name)
         if typing.get_origin(hints[spec.name]) is Literal and value not in choices:
-            fail(f"{_flag(spec.name)} {value!r} is not one of {list(choices)}")
-
+            return f"{_flag(spec.name)} {value!r} is not one of {list(choices)}"
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+            return f"{_flag(spec.name)} must be finite, got {value}"
     if config.model not in MODEL_FACTORIES:
-        fail(f"--model {config.model!r} is not one of {list(MODEL_FACTORIES)}")
-    if config.dataset == "imagefolder":
-        if config.data_path is None:
-            fail("dataset imagefolder needs --data-path (ImageNet root holding train/), "
-                 "or use --dataset photos / --synthetic")
-        train = Path(config.data_path) / "train"
-        if not train.is_dir():
-            fail(f"--data-path {config.data_path}: expected class folders in {train}/<class>/")
+        return f"--model {config.model!r} is not one of {list(MODEL_FACTORIES)}"
+    return None
+
+
+def _check_ranges(config: Config) -> str | None:
     if not 0 < config.mask_ratio < 1:
-        fail(f"--mask-ratio must lie in (0, 1), got {config.mask_ratio}")
+        return f"--mask-ratio must lie in (0, 1), got {config.mask_ratio}"
     if config.max_scale <= 0:
-        fail(f"--max-scale must be positive, got {config.max_scale}")
+        return f"--max-scale must be positive, got {config.max_scale}"
     low, high = config.crop_scale
     if not 0 < low <= high <= 1:
-        fail(f"--crop-scale needs 0 < min <= max <= 1, got {low} {high}")
+        return f"--crop-scale needs 0 < min <= max <= 1, got {low} {high}"
     for name in ("img_size", "num_gaussians", "batch_size", "accum_steps", "epochs",
                  "samples_per_epoch", "log_every", "keep_checkpoints", "checkpoint_every"):
         if getattr(config, name) < 1:
-            fail(f"{_flag(name)} must be at least 1, got {getattr(config, name)}")
+            return f"{_flag(name)} must be at least 1, got {getattr(config, name)}"
     for name in ("num_workers", "max_steps", "image_every", "num_images", "warmup_epochs",
                  "weight_decay", "clip_grad", "min_lr"):
         if getattr(config, name) < 0:
-            fail(f"{_flag(name)} must be >= 0, got {getattr(config, name)}")
+            return f"{_flag(name)} must be >= 0, got {getattr(config, name)}"
     if config.learning_rate <= 0:
-        fail(f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)")
+        return f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)"
     if not all(0 <= beta < 1 for beta in config.betas):
-        fail(f"--betas must lie in [0, 1), got {config.betas}")
+        return f"--betas must lie in [0, 1), got {config.betas}"
+    if config.samples_per_epoch < config.batch_size and config.dataset != "imagefolder":
+        return (f"--samples-per-epoch {config.samples_per_epoch} is below one --batch-size "
+                f"{config.batch_size}")
+    return None
 
+
+def _check_paths(config: Config) -> str | None:
+    """The data to read, the checkpoint to resume from, the folder to write to."""
+    if config.dataset == "imagefolder":
+        if config.data_path is None:
+            return ("dataset imagefolder needs --data-path (ImageNet root holding train/), "
+                    "or use --dataset photos / --synthetic")
+        train = Path(config.data_path) / "train"
+        if not train.is_dir():
+            return f"--data-path {config.data_path}: expected class folders in {train}/<class>/"
+    if config.resume not in (None, "auto") and not os.path.isfile(config.resume):
+        return f"--resume {config.resume}: no such file (use 'auto' or a checkpoint path)"
+    if problem := _unwritable(Path(config.output_dir)):
+        return f"--output-dir {config.output_dir}: {problem}"
+    return foreign_run_problem(Path(config.output_dir), config.resume)
+
+
+def _check_placement(config: Config, world_size: int, cuda_available: bool) -> str | None:
+    """The batch split over ranks and what the devices can do."""
     per_step = world_size * config.accum_steps
     if config.batch_size % per_step:
-        fail(f"--batch-size {config.batch_size} is not divisible by world size {world_size} x "
-             f"--accum-steps {config.accum_steps}; pick --accum-steps so that "
-             f"{config.batch_size} / ({world_size} x accum-steps) is a whole per-GPU batch")
-    if config.samples_per_epoch < config.batch_size and config.dataset != "imagefolder":
-        fail(f"--samples-per-epoch {config.samples_per_epoch} is below one --batch-size "
-             f"{config.batch_size}")
-
+        return (f"--batch-size {config.batch_size} is not divisible by world size {world_size} "
+                f"x --accum-steps {config.accum_steps}; pick --accum-steps so that "
+                f"{config.batch_size} / ({world_size} x accum-steps) is a whole per-GPU batch")
     uses_cuda = config.device == "cuda" or (config.device == "auto" and cuda_available)
     if config.device == "cuda" and not cuda_available:
-        fail("--device cuda but CUDA is not available; use --device cpu")
+        return "--device cuda but CUDA is not available; use --device cpu"
     if config.backend == "nccl" and not uses_cuda:
-        fail("--backend nccl needs CUDA; use --backend gloo (or auto) on CPU")
+        return "--backend nccl needs CUDA; use --backend gloo (or auto) on CPU"
     if config.precision != "fp32" and not uses_cuda:
-        fail(f"--precision {config.precision} autocasts on CUDA only; use --precision fp32 on CPU")
+        return (f"--precision {config.precision} autocasts on CUDA only; use --precision fp32 "
+                f"on CPU")
     if config.render_backend == "gsplat" and not uses_cuda:
-        fail("--render-backend gsplat needs CUDA; use torch (or auto) on CPU")
-    if config.resume not in (None, "auto") and not os.path.isfile(config.resume):
-        fail(f"--resume {config.resume}: no such file (use 'auto' or a checkpoint path)")
+        return "--render-backend gsplat needs CUDA; use torch (or auto) on CPU"
+    return None
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why ``directory`` cannot be created or written to, or None."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 def _argument_type(hint: Any) -> tuple[Any, dict[str, Any]]:

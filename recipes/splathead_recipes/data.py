@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
-from splathead_recipes.config import Config
+from splathead_recipes.config import Config, ConfigError
 
 log = logging.getLogger("gmae")
 
@@ -65,9 +65,21 @@ def _seeded(transform, image: Image.Image, seed: int) -> torch.Tensor:
         return transform(image)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit grey scaled down (PIL would clip it at 255), transparency composited
+    onto white (the render background), everything else through PIL's own conversion."""
+    if image.mode.startswith("I"):  # "I;16*" and "I": 16-bit grey as PNG and TIFF store it
+        grey = np.round(np.asarray(image, dtype=np.float64) / 257).clip(0, 255)
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_rgb(path: str) -> Image.Image:
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return to_rgb(image)
 
 
 class SafeImageFolder(datasets.ImageFolder):
@@ -187,7 +199,12 @@ def build_dataset(config: Config) -> Dataset:
         return SyntheticImages(config.img_size, length=config.samples_per_epoch)
     if config.dataset == "photos":
         return PhotoCrops(train_transform(config), length=config.samples_per_epoch)
-    return SafeImageFolder(Path(config.data_path) / "train", train_transform(config))
+    root = Path(config.data_path) / "train"
+    try:
+        return SafeImageFolder(root, train_transform(config))
+    except FileNotFoundError as error:  # no class folder, or no image file in any of them
+        raise ConfigError(f"--data-path {config.data_path}: {error}; expected "
+                          f"{root}/<class>/<image>") from None
 
 
 def build_loader(config: Config, dataset: Dataset, *, rank: int, world_size: int,
@@ -196,8 +213,8 @@ def build_loader(config: Config, dataset: Dataset, *, rank: int, world_size: int
     sampler = ResumableSampler(dataset, global_batch=config.batch_size, num_replicas=world_size,
                                rank=rank, seed=config.seed)
     if sampler.steps_per_epoch == 0:
-        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch "
-                         f"({config.batch_size}); lower --batch-size")
+        raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one --batch-size "
+                          f"{config.batch_size}; lower --batch-size or add images")
     workers = config.num_workers
     loader = DataLoader(
         dataset,
@@ -214,4 +231,21 @@ def build_loader(config: Config, dataset: Dataset, *, rank: int, world_size: int
         generator=torch.Generator().manual_seed(config.seed),
     )
     return loader, sampler
+
+
+def stop_workers(loader: DataLoader) -> None:
+    """End ``loader``'s worker processes now, whatever state they are in.
+
+    The workers ignore SIGTERM (see ``_ignore_stop_signals``), so Python's exit handlers, which
+    terminate and then join them, would wait forever after an error left them running.
+    """
+    # DataLoader keeps the iterator of persistent workers in `_iterator`, and the iterator its
+    # processes in `_workers` (checked with torch 2.14).
+    iterator, loader._iterator = getattr(loader, "_iterator", None), None
+    if iterator is None or not hasattr(iterator, "_workers"):
+        return
+    iterator._shutdown_workers()
+    for worker in iterator._workers:
+        if worker.is_alive():
+            worker.kill()
 

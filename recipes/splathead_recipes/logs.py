@@ -11,6 +11,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from splathead_recipes.checkpoint import write_text_atomic
+
 
 log = logging.getLogger("gmae")
 
@@ -44,13 +46,25 @@ class MetricsLog:
                         mininterval=1.0 if sys.stderr.isatty() else 30.0)
 
     def _drop_records_after(self, step: int) -> None:
+        """Keep the records up to ``step``; drop a line torn by a kill during its write."""
         if not self.path.exists():
             return
-        records = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in records
-                if "event" not in (record := json.loads(line)) and record["step"] <= step]
-        if len(kept) != len(records):
-            self.path.write_text("".join(line + "\n" for line in kept))
+        text = self.path.read_text()
+        kept = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not a complete record (a write cut short?); "
+                            "dropped: %r", self.path, number, line[:80])
+                continue
+            if "event" not in record and record["step"] <= step:
+                kept.append(line)
+        rewritten = "".join(line + "\n" for line in kept)
+        if rewritten != text:
+            write_text_atomic(rewritten, self.path)
 
     def log_step(self, step: int, *, loss: float, lr: float, grad_norm: float,
                  skipped_images: int, extra: dict[str, float], full: bool) -> None:

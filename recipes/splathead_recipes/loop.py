@@ -25,8 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from splathead_recipes import checkpoint, distributed
+from splathead_recipes.checkpoint import CheckpointError
 from splathead_recipes.config import ConfigError
-from splathead_recipes.data import ResumableSampler
+from splathead_recipes.data import ResumableSampler, stop_workers
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.logs import MetricsLog
 from splathead_recipes.train_step import Forward, StepResult, TrainStep
@@ -58,8 +59,9 @@ class LoopSettings(Protocol):
     log_every: int
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or gradient norm became NaN/Inf; the run stops before the optimiser step."""
+class NonFiniteError(RuntimeError):
+    """A loss, gradient norm, parameter or optimiser state became NaN/Inf; the run stops before
+    the optimiser step or the checkpoint that would use it."""
 
 
 class StopSignal:
@@ -102,6 +104,10 @@ def _settings_dict(settings: LoopSettings) -> dict[str, Any]:
     return dataclasses.asdict(settings)  # type: ignore[call-overload]
 
 
+_STATE_KEYS = {"model", "optimizer", "scaler", "step", "steps_per_epoch", "skipped_images", "rng",
+               "config"}
+
+
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
     names = sorted(name for name in saved.keys() | current.keys()
                    if saved.get(name) != current.get(name) and name != "resume")
@@ -126,6 +132,12 @@ class Checkpointer:
         self.directory = Path(settings.output_dir)
 
     def save(self, step: int, skipped_images: int) -> None:
+        """Write the checkpoint of ``step``; :class:`NonFiniteError` instead if any rank's state
+        holds a NaN or Inf (a checkpoint must be safe to resume from)."""
+        if not self._finite_on_every_rank():
+            raise NonFiniteError(
+                f"non-finite parameters or optimiser state after step {step}; not checkpointed. "
+                f"Last good checkpoint: {_newest(self.directory)}")
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.step_fn.optimizer.state_dict(),
@@ -144,6 +156,15 @@ class Checkpointer:
             log.info("saved %s", path)
         distributed.barrier()
 
+    def _finite_on_every_rank(self) -> bool:
+        tensors = [*self.model.state_dict().values(),
+                   *(value for state in self.step_fn.optimizer.state.values()
+                     for value in state.values() if isinstance(value, torch.Tensor))]
+        finite = torch.stack([tensor.isfinite().all() for tensor in tensors
+                              if tensor.is_floating_point()]).all()
+        bad_ranks = distributed.all_reduce_sum((~finite).float().to(self.runtime.device))
+        return not bad_ranks.item()
+
     def _gather_rng_states(self) -> list[dict]:
         """Every rank's generators, in rank order (each rank masks its own images)."""
         state = checkpoint.rng_state()
@@ -154,7 +175,11 @@ class Checkpointer:
         return gathered
 
     def resume(self) -> tuple[int, int]:
-        """``(step, skipped_images)`` to continue from: ``--resume``'s checkpoint, or (0, 0)."""
+        """``(step, skipped_images)`` to continue from: ``--resume``'s checkpoint, or (0, 0).
+
+        Raises :class:`~splathead_recipes.checkpoint.CheckpointError` for a file that is not a
+        checkpoint of this recipe or does not fit this run (or, for ``auto``, when none loads).
+        """
         resume = self.settings.resume
         if resume is None:
             return 0, 0
@@ -164,19 +189,26 @@ class Checkpointer:
             log.info("no checkpoint in %s; starting from scratch", self.directory)
             return 0, 0
         path, state = found
-        self._restore(state)
+        checkpoint.require_keys(state, path, _STATE_KEYS, "this recipe")
+        self._restore(path, state)
         log.info("resumed from %s at step %d (epoch %d)", path, state["step"],
                  state["step"] // self.steps_per_epoch)
         return state["step"], state["skipped_images"]
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
+        differences = _differences(state["config"], _settings_dict(self.settings))
         if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise ConfigError(
-                f"the checkpoint has {state['steps_per_epoch']} steps per epoch, this run "
+            raise CheckpointError(
+                f"{path}: has {state['steps_per_epoch']} steps per epoch, this run "
                 f"{self.steps_per_epoch}: dataset or --batch-size changed (settings that differ: "
-                f"{_differences(state['config'], _settings_dict(self.settings))})")
-        self.model.load_state_dict(state["model"])
-        self.step_fn.optimizer.load_state_dict(state["optimizer"])
+                f"{differences})")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.step_fn.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(
+                f"{path}: written with other settings ({differences}); its state does not fit "
+                f"this run's model: {str(error).strip().splitlines()[0]}") from None
         self.step_fn.scaler.load_state_dict(state["scaler"])
         runtime = self.runtime
         if len(state["rng"]) == runtime.world_size:
@@ -187,16 +219,27 @@ class Checkpointer:
             seed_everything(self.settings.seed + runtime.rank + state["step"])
 
 
-def prepare_output_dir(settings: LoopSettings, runtime: Runtime) -> Path:
-    """Create ``output_dir`` and write ``config.json`` there (rank 0); returns the folder."""
+def _newest(directory: Path) -> Path | str:
+    newest = checkpoint.list_checkpoints(directory)
+    return newest[0] if newest else "none"
+
+
+def prepare_output_dir(settings: LoopSettings) -> Path:
+    """``output_dir``, created; :class:`ConfigError` if it holds another run's files.
+
+    Collective: every rank calls it."""
     output_dir = Path(settings.output_dir)
-    if runtime.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        config_json = json.dumps(_settings_dict(settings), indent=2)
-        log.info("config (%s, world size %d):\n%s", runtime.device, runtime.world_size,
-                 config_json)
-        (output_dir / "config.json").write_text(config_json + "\n")
+    if problem := checkpoint.foreign_run_problem(output_dir, settings.resume):
+        raise ConfigError(problem)
+    distributed.barrier()  # every rank has looked before rank 0 writes there
+    output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
+
+
+def write_config(settings: LoopSettings, runtime: Runtime) -> None:
+    config_json = json.dumps(_settings_dict(settings), indent=2)
+    log.info("config (%s, world size %d):\n%s", runtime.device, runtime.world_size, config_json)
+    checkpoint.write_text_atomic(config_json + "\n", Path(settings.output_dir) / "config.json")
 
 
 def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
@@ -216,10 +259,15 @@ def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
         hooks: called after every step (:data:`StepHook`).
 
     Raises:
-        NonFiniteLossError: a loss or gradient became NaN/Inf (no step was taken with it).
-        ConfigError: the checkpoint to resume from does not fit this run.
+        NonFiniteError: a loss, gradient or the state to checkpoint became NaN/Inf (no step
+            was taken with it, nothing non-finite was saved).
+        ConfigError: ``output_dir`` holds another run's files.
+        CheckpointError: the checkpoint to resume from is unreadable or does not fit this run.
+
+    Whatever ends it, the loader's workers, the metrics files, TensorBoard writer and progress
+    bar are closed before it returns or raises.
     """
-    output_dir = prepare_output_dir(settings, runtime)
+    output_dir = prepare_output_dir(settings)
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = settings.epochs * steps_per_epoch
     last_step = min(total_steps, settings.max_steps) if settings.max_steps else total_steps
@@ -232,6 +280,8 @@ def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
                         device=runtime.device)
     checkpointer = Checkpointer(settings, runtime, model, step_fn, steps_per_epoch)
     step, skipped_total = checkpointer.resume()
+    if runtime.is_main:
+        write_config(settings, runtime)
     if settings.compile:
         compile_blocks(model)
     if runtime.distributed:
@@ -244,42 +294,46 @@ def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
     metrics = (MetricsLog(output_dir, start_step=step, total_steps=last_step,
                           images_per_step=settings.batch_size, steps_per_epoch=steps_per_epoch)
                if runtime.is_main else None)
-    with StopSignal() as stop:
-        step_fn.model.train()
-        while step < last_step:
-            epoch = step // steps_per_epoch
-            sampler.set_epoch(epoch)
-            sampler.set_start_step(step - epoch * steps_per_epoch)
-            batches = iter(loader)
-            epoch_end = min((epoch + 1) * steps_per_epoch, last_step)
-            while step < epoch_end:
-                lr = schedule(step)
-                step_fn.set_learning_rate(lr)
-                result = step_fn(batches, stop_requested=stop.received is not None)
-                if result.non_finite:
-                    newest = checkpoint.list_checkpoints(output_dir)
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient at step {step} (epoch {epoch}); stopped "
-                        f"before the optimiser step. Last good checkpoint: "
-                        f"{newest[0] if newest else 'none'}")
-                step += 1
-                skipped_total += result.num_skipped
-                extra = {name: value for hook in hooks
-                         for name, value in hook(step, result).items()}
-                if metrics is not None:
-                    metrics.log_step(step, loss=result.loss, lr=lr, grad_norm=result.grad_norm,
-                                     skipped_images=skipped_total, extra=extra,
-                                     full=step % settings.log_every == 0 or step == last_step)
-                if result.num_skipped:
-                    log.warning("step %d: %d unreadable images replaced (%d so far)", step,
-                                result.num_skipped, skipped_total)
-                if result.stop:
-                    log.info("signal received: checkpointing at step %d and exiting", step)
-                    checkpointer.save(step, skipped_total)
-                    return finish(metrics, model, runtime, step)
-                if step % settings.checkpoint_every == 0 or step == epoch_end:
-                    checkpointer.save(step, skipped_total)
-    return finish(metrics, model, runtime, step)
+    try:
+        with StopSignal() as stop:
+            step_fn.model.train()
+            while step < last_step:
+                epoch = step // steps_per_epoch
+                sampler.set_epoch(epoch)
+                sampler.set_start_step(step - epoch * steps_per_epoch)
+                batches = iter(loader)
+                epoch_end = min((epoch + 1) * steps_per_epoch, last_step)
+                while step < epoch_end:
+                    lr = schedule(step)
+                    step_fn.set_learning_rate(lr)
+                    result = step_fn(batches, stop_requested=stop.received is not None)
+                    if result.non_finite:
+                        raise NonFiniteError(
+                            f"non-finite loss or gradient at step {step} (epoch {epoch}); "
+                            f"stopped before the optimiser step. Last good checkpoint: "
+                            f"{_newest(output_dir)}")
+                    step += 1
+                    skipped_total += result.num_skipped
+                    extra = {name: value for hook in hooks
+                             for name, value in hook(step, result).items()}
+                    if metrics is not None:
+                        metrics.log_step(step, loss=result.loss, lr=lr,
+                                         grad_norm=result.grad_norm, skipped_images=skipped_total,
+                                         extra=extra,
+                                         full=step % settings.log_every == 0 or step == last_step)
+                    if result.num_skipped:
+                        log.warning("step %d: %d unreadable images replaced (%d so far)", step,
+                                    result.num_skipped, skipped_total)
+                    if result.stop or step % settings.checkpoint_every == 0 or step == epoch_end:
+                        checkpointer.save(step, skipped_total)
+                    if result.stop:
+                        log.info("signal received: checkpointed at step %d, exiting", step)
+                        return finish(metrics, model, runtime, step)
+        return finish(metrics, model, runtime, step)
+    finally:  # on every path, errors included: nothing may keep the process alive
+        if metrics is not None:
+            metrics.close()
+        stop_workers(loader)
 
 
 def finish(metrics: MetricsLog | None, model: nn.Module, runtime: Runtime, step: int) -> int:

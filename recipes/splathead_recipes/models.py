@@ -31,10 +31,25 @@ def build_model(config: Config) -> GMAE:
 
 
 def load_pretrained(path: Path) -> GMAE:
-    """The GMAE saved in a pretraining checkpoint, rebuilt from the config stored beside it."""
+    """The GMAE saved in a pretraining checkpoint, rebuilt from the config stored beside it.
+
+    Raises :class:`~splathead_recipes.checkpoint.CheckpointError`, naming the file and what is
+    wrong, for anything else: an unreadable file, a bare state dict, weights that do not fit.
+    """
     from splathead_recipes.config import load_config  # here: config imports the registry
 
     state = checkpoint.load(path)
-    model = build_model(load_config(state["config"]))
-    model.load_state_dict(state["model"])
+    checkpoint.require_keys(state, path, {"model", "config"}, "recipes/gmae_imagenet.py")
+    config = load_config(state["config"])
+    if config.model not in MODEL_FACTORIES:
+        raise checkpoint.CheckpointError(f"{path}: its model {config.model!r} is not one of "
+                                         f"{list(MODEL_FACTORIES)}")
+    model = build_model(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise checkpoint.CheckpointError(
+            f"{path}: its weights do not fit the model its config describes (--model "
+            f"{config.model} --img-size {config.img_size} --num-gaussians "
+            f"{config.num_gaussians}): {str(error).strip().splitlines()[-1].strip()}") from None
     return model
