@@ -49,6 +49,8 @@ class Config:
     )
     crop_scale: tuple[float, float] = _opt((0.08, 1.0), "RandomResizedCrop area range")
     hflip: bool = _opt(True, "random horizontal flips")
+    jpeg_draft: bool = _opt(True, "decode a JPEG at 1/2, 1/4 or 1/8 size when the crop is at "
+                            "least that many times the output size (libjpeg's scaled DCT)")
     num_workers: int = _opt(10, "data loader processes per GPU")
     pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
 

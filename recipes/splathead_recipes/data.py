@@ -4,6 +4,8 @@ Every random choice of the input pipeline is a pure function of ``(seed, epoch, 
 the sampler hands the dataset ``(index, sample_seed)`` pairs and the dataset seeds its
 augmentation with that seed. Data order and augmentation therefore do not depend on the number of
 loader workers or on where a run was interrupted, which is what makes resuming exact.
+
+Workers hand over uint8 crops (:mod:`.crops`); :meth:`Batch.to` normalises them on the device.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision import datasets, transforms
-from torchvision.transforms import InterpolationMode
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torchvision import datasets
 
 from splathead_recipes.config import Config, ConfigError
+from splathead_recipes.crops import TrainCrop, normalize
 
 log = logging.getLogger("gmae")
 
@@ -32,37 +33,27 @@ _MAX_SUBSTITUTES = 32
 
 
 class Sample(NamedTuple):
-    image: torch.Tensor  # [3 h w], ImageNet-normalised
+    image: torch.Tensor  # [3 h w] uint8 RGB
     label: int
     substituted: bool  # the file at the sampled index was unreadable; a neighbour stands in
 
 
 class Batch(NamedTuple):
-    images: torch.Tensor  # [b 3 h w], ImageNet-normalised
+    images: torch.Tensor  # [b 3 h w]: uint8 RGB from the loader, ImageNet-normalised after to()
     labels: torch.Tensor  # [b] class indices (ImageFolder's; the photo index; 0 for noise)
     num_skipped: int  # samples whose file was unreadable (replaced by a neighbour)
 
     def to(self, device: torch.device) -> Batch:
-        return self._replace(images=self.images.to(device, non_blocking=True),
+        """On ``device``, uint8 images normalised there (timm's PrefetchLoader pattern)."""
+        images = self.images.to(device, non_blocking=True)
+        return self._replace(images=normalize(images) if images.dtype == torch.uint8 else images,
                              labels=self.labels.to(device, non_blocking=True))
 
 
-def train_transform(config: Config) -> transforms.Compose:
-    """The paper's augmentation: RandomResizedCrop (bicubic) + horizontal flip, normalised."""
-    steps = [transforms.RandomResizedCrop(config.img_size, scale=config.crop_scale,
-                                          interpolation=InterpolationMode.BICUBIC)]
-    if config.hflip:
-        steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
-    return transforms.Compose(steps)
-
-
-def _seeded(transform, image: Image.Image, seed: int) -> torch.Tensor:
-    # torchvision's transforms draw from torch's global generator; fork it so the seed applies
-    # to this sample only, in a worker and in the main process alike.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return transform(image)
+def train_crop(config: Config) -> TrainCrop:
+    """The paper's augmentation: RandomResizedCrop (bicubic) + horizontal flip."""
+    return TrainCrop(config.img_size, config.crop_scale, hflip=config.hflip,
+                     jpeg_draft=config.jpeg_draft)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -77,11 +68,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return to_rgb(image)
-
-
 class SafeImageFolder(datasets.ImageFolder):
     """torchvision's ImageFolder in which an unreadable file is replaced by the next readable one.
 
@@ -90,9 +76,9 @@ class SafeImageFolder(datasets.ImageFolder):
     logged once per file (per worker) and counted in :attr:`Batch.num_skipped`.
     """
 
-    def __init__(self, root: str | Path, transform) -> None:
-        super().__init__(str(root), loader=load_rgb)
-        self.seeded_transform = transform
+    def __init__(self, root: str | Path, crop: TrainCrop) -> None:
+        super().__init__(str(root))
+        self.crop = crop
         self._warned: set[str] = set()
 
     def __getitem__(self, item: tuple[int, int]) -> Sample:
@@ -100,13 +86,13 @@ class SafeImageFolder(datasets.ImageFolder):
         for skipped in range(_MAX_SUBSTITUTES):
             path, label = self.samples[(index + skipped) % len(self)]
             try:
-                image = self.loader(path)
+                crop = self.crop.from_file(path, seed, to_rgb)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 if path not in self._warned:
                     self._warned.add(path)
                     log.warning("skipping unreadable image %s (%s)", path, error)
                 continue
-            return Sample(_seeded(self.seeded_transform, image, seed), label, skipped > 0)
+            return Sample(crop, label, skipped > 0)
         raise RuntimeError(f"{_MAX_SUBSTITUTES} consecutive unreadable images from "
                            f"{self.samples[index][0]} on; is the dataset intact?")
 
@@ -114,12 +100,12 @@ class SafeImageFolder(datasets.ImageFolder):
 class PhotoCrops(Dataset):
     """Random crops of scikit-image's bundled photos: a dataset for demos and tests."""
 
-    def __init__(self, transform, *, length: int) -> None:
+    def __init__(self, crop: TrainCrop, *, length: int) -> None:
         import skimage.data
 
-        self.photos = [Image.fromarray(np.asarray(getattr(skimage.data, name)())[..., :3])
-                       for name in PHOTOS]
-        self.transform = transform
+        self.photos = [torch.from_numpy(getattr(skimage.data, name)()[..., :3]).permute(2, 0, 1)
+                       .contiguous() for name in PHOTOS]
+        self.crop = crop
         self.length = length
 
     def __len__(self) -> int:
@@ -128,11 +114,11 @@ class PhotoCrops(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> Sample:
         index, seed = item
         label = index % len(self.photos)
-        return Sample(_seeded(self.transform, self.photos[label], seed), label, False)
+        return Sample(self.crop.from_pixels(self.photos[label], seed), label, False)
 
 
 class SyntheticImages(Dataset):
-    """Normalised noise images: measures the model, not the input pipeline."""
+    """Noise images: measures the model, not the input pipeline."""
 
     def __init__(self, img_size: int, *, length: int) -> None:
         self.img_size = img_size
@@ -143,7 +129,8 @@ class SyntheticImages(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> Sample:
         generator = torch.Generator().manual_seed(item[1])
-        return Sample(torch.randn(3, self.img_size, self.img_size, generator=generator), 0, False)
+        noise = torch.randint(256, (3, self.img_size, self.img_size), generator=generator)
+        return Sample(noise.to(torch.uint8), 0, False)
 
 
 class ResumableSampler(DistributedSampler):
@@ -191,17 +178,18 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 def _collate(samples: list[Sample]) -> Batch:
     images, labels, substituted = zip(*samples)
-    return Batch(torch.stack(images), torch.tensor(labels), sum(substituted))
+    # default_collate stacks straight into shared memory in a worker (one copy fewer).
+    return Batch(default_collate(images), torch.tensor(labels), sum(substituted))
 
 
 def build_dataset(config: Config) -> Dataset:
     if config.dataset == "synthetic":
         return SyntheticImages(config.img_size, length=config.samples_per_epoch)
     if config.dataset == "photos":
-        return PhotoCrops(train_transform(config), length=config.samples_per_epoch)
+        return PhotoCrops(train_crop(config), length=config.samples_per_epoch)
     root = Path(config.data_path) / "train"
     try:
-        return SafeImageFolder(root, train_transform(config))
+        return SafeImageFolder(root, train_crop(config))
     except FileNotFoundError as error:  # no class folder, or no image file in any of them
         raise ConfigError(f"--data-path {config.data_path}: {error}; expected "
                           f"{root}/<class>/<image>") from None

@@ -1,0 +1,164 @@
+"""The training crop for loader workers: RandomResizedCrop + flip, seeded per sample, uint8 out.
+
+It draws exactly what torchvision's ``RandomResizedCrop`` (then ``RandomHorizontalFlip``) draws
+from torch's global generator seeded with the sample's seed, but from a private
+:class:`torch.Generator`, so a worker need not save and restore the global state per sample.
+Where the time goes instead:
+
+- JPEGs decode with libjpeg-turbo straight into a uint8 tensor (``torchvision.io.decode_jpeg``),
+  and the crop is resized on that tensor (torchvision's uint8 bicubic with antialiasing, within
+  one level of PIL's).
+- JPEG draft decoding: when the crop is at least ``2**k`` times the output size on both sides,
+  PIL has libjpeg decode at ``1 / 2**k`` of the size (its scaled inverse DCT, ``k <= 3``) and
+  resizes the crop from there, with the box at sub-pixel precision. The pixels change slightly
+  (the DCT-domain downscale stands in for the first factor ``2**k`` of the bicubic filter's
+  antialiasing): ``benchmarks/data.py`` measures by how much. Smaller crops decode in full.
+- uint8 output: the batch crosses processes and the host-device link at a quarter of float32's
+  size, and :func:`normalize` turns it into the model's input on the device.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from jaxtyping import UInt8
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from splathead.typing import Float, Tensor, typecheck
+
+ASPECT_RATIOS = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default, the paper's
+JPEG_REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at, through PIL's draft mode
+
+
+class CropBox(NamedTuple):
+    """A crop in full-image pixels, as torchvision's ``RandomResizedCrop.get_params`` gives it."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def random_crop_box(generator: torch.Generator, *, height: int, width: int,
+                    scale: tuple[float, float],
+                    ratio: tuple[float, float] = ASPECT_RATIOS) -> CropBox:
+    """torchvision's ``RandomResizedCrop.get_params`` drawing from ``generator``.
+
+    The same draws in the same order, so it returns what torchvision returns after
+    ``torch.manual_seed(s)`` when ``generator`` is seeded with ``s`` (a test holds that).
+    """
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1],
+                                                  generator=generator).item())
+        crop_width = int(round(math.sqrt(target_area * aspect)))
+        crop_height = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = int(torch.randint(0, height - crop_height + 1, size=(1,), generator=generator))
+            left = int(torch.randint(0, width - crop_width + 1, size=(1,), generator=generator))
+            return CropBox(top, left, crop_height, crop_width)
+    # Fallback to a central crop at the nearest allowed aspect ratio.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        crop_width, crop_height = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        crop_width, crop_height = int(round(height * max(ratio))), height
+    else:
+        crop_width, crop_height = width, height
+    return CropBox((height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width)
+
+
+def jpeg_reduction(box: CropBox, size: int) -> int:
+    """The largest libjpeg scale-down (8, 4, 2 or 1) that keeps ``box`` at least ``size`` px."""
+    return next((factor for factor in JPEG_REDUCTIONS
+                 if min(box.height, box.width) >= factor * size), 1)
+
+
+@dataclass(frozen=True)
+class TrainCrop:
+    """RandomResizedCrop (bicubic) to ``size`` + horizontal flip, as uint8 ``[3 size size]``."""
+
+    size: int
+    scale: tuple[float, float]
+    hflip: bool = True
+    jpeg_draft: bool = True
+
+    def draw(self, seed: int, *, height: int, width: int) -> tuple[CropBox, bool]:
+        """The crop box and whether to flip, for an image of ``height`` x ``width``."""
+        generator = torch.Generator().manual_seed(seed)
+        box = random_crop_box(generator, height=height, width=width, scale=self.scale)
+        return box, self.hflip and torch.rand(1, generator=generator).item() < 0.5
+
+    @typecheck
+    def from_pixels(self, pixels: UInt8[Tensor, "3 h w"], seed: int) -> UInt8[Tensor, "3 s s"]:
+        """The crop of a decoded image."""
+        box, flip = self.draw(seed, height=pixels.shape[1], width=pixels.shape[2])
+        return self._crop(pixels, box, flip)
+
+    @typecheck
+    def from_file(self, path: str | Path, seed: int,
+                  to_rgb: Callable[[Image.Image], Image.Image]) -> UInt8[Tensor, "3 s s"]:
+        """The crop of an image file; ``to_rgb`` converts what is not a JPEG to 8-bit RGB.
+
+        Raises:
+            OSError: the file is unreadable (as PIL raises it for a broken header, or from
+                libjpeg's error for broken data).
+        """
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            box, flip = self.draw(seed, height=image.height, width=image.width)
+            is_jpeg = image.format == "JPEG"
+            reduction = jpeg_reduction(box, self.size) if is_jpeg and self.jpeg_draft else 1
+            if reduction > 1:
+                image.draft("RGB", (image.width // reduction, image.height // reduction))
+                return self._flip(self._reduced_crop(to_rgb(image), box, reduction), flip)
+            if not is_jpeg:
+                return self._crop(F.pil_to_tensor(to_rgb(image)), box, flip)
+        try:
+            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                 mode=ImageReadMode.RGB)
+        except RuntimeError as error:  # torchvision reports libjpeg's errors so
+            raise OSError(f"cannot decode {path}: {error}") from error
+        return self._crop(pixels, box, flip)
+
+    def _reduced_crop(self, image: Image.Image, box: CropBox, reduction: int) -> torch.Tensor:
+        # The box at sub-pixel precision on the reduced image: PIL samples between its pixels.
+        left, top = box.left / reduction, box.top / reduction
+        crop = image.resize((self.size, self.size), Image.Resampling.BICUBIC,
+                            box=(left, top, left + box.width / reduction,
+                                 top + box.height / reduction))
+        return F.pil_to_tensor(crop)
+
+    def _crop(self, pixels: torch.Tensor, box: CropBox, flip: bool) -> torch.Tensor:
+        crop = F.resized_crop(pixels, *box, [self.size, self.size],
+                              interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return self._flip(crop, flip)
+
+    @staticmethod
+    def _flip(pixels: torch.Tensor, flip: bool) -> torch.Tensor:
+        return F.horizontal_flip(pixels) if flip else pixels
+
+
+_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
+_STD = torch.tensor(IMAGENET_DEFAULT_STD)
+
+
+@typecheck
+def normalize(images: UInt8[Tensor, "b 3 h w"]) -> Float[Tensor, "b 3 h w"]:
+    """uint8 RGB to the ImageNet-normalised float32 the models take, on the images' device."""
+    # torchvision's ToTensor + Normalize, op for op: the same floats as normalising in workers.
+    mean = _MEAN.to(images.device)[:, None, None]
+    std = _STD.to(images.device)[:, None, None]
+    return (images.float().div(255) - mean) / std

@@ -1,0 +1,147 @@
+"""The training crop: torchvision's augmentation drawn per sample, JPEG draft decoding, uint8."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
+
+from splathead_recipes.config import PRESETS
+from splathead_recipes.crops import (CropBox, TrainCrop, jpeg_reduction, normalize,
+                                     random_crop_box)
+from splathead_recipes.data import build_dataset, build_loader, to_rgb
+
+
+def photo(height: int = 480, width: int = 640) -> np.ndarray:
+    """A smooth colour image (JPEG-compresses like a photo)."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return np.array(Image.fromarray(small).resize((width, height), Image.BICUBIC))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**62), height=st.integers(1, 600), width=st.integers(1, 600),
+       low=st.floats(0.01, 1.0), span=st.floats(0.0, 1.0))
+def test_crop_box_is_torchvisions_for_the_same_seed(seed, height, width, low, span):
+    scale = (low, low + span * (1 - low))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        expected = RandomResizedCrop.get_params(torch.empty(3, height, width), scale,
+                                                [3 / 4, 4 / 3])
+    box = random_crop_box(torch.Generator().manual_seed(seed), height=height, width=width,
+                          scale=scale)
+    assert tuple(box) == tuple(expected)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_crop_of_pixels_equals_torchvision_v2_transforms_seeded_globally(seed):
+    pixels = torch.from_numpy(photo(120, 90)).permute(2, 0, 1).contiguous()
+    reference = v2.Compose([
+        v2.RandomResizedCrop(48, scale=(0.08, 1.0), interpolation=InterpolationMode.BICUBIC,
+                             antialias=True),
+        v2.RandomHorizontalFlip(),
+    ])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        expected = reference(pixels)
+    assert torch.equal(TrainCrop(48, (0.08, 1.0)).from_pixels(pixels, seed), expected)
+
+
+def test_normalize_equals_totensor_and_normalize():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    expected = v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)(images.float() / 255)
+    assert torch.equal(normalize(images), expected)
+
+
+def test_normalize_rejects_float_images():
+    with pytest.raises(Exception, match="images"):
+        normalize(torch.zeros(1, 3, 4, 4))
+
+
+@given(height=st.integers(1, 4000), width=st.integers(1, 4000), size=st.integers(1, 512))
+def test_jpeg_reduction_is_the_largest_that_keeps_the_crop_at_least_the_output_size(
+        height, width, size):
+    reduction = jpeg_reduction(CropBox(0, 0, height, width), size)
+    assert reduction in (1, 2, 4, 8)
+    assert reduction == 1 or min(height, width) >= reduction * size
+    assert reduction == 8 or min(height, width) < 2 * reduction * size
+
+
+def save_jpeg(path, pixels: np.ndarray) -> None:
+    Image.fromarray(pixels).save(path, quality=95)
+
+
+def test_jpeg_crop_without_draft_decodes_as_pil_does(tmp_path):
+    save_jpeg(tmp_path / "a.jpg", photo())
+    crop = TrainCrop(64, (0.5, 1.0), jpeg_draft=False)
+    with Image.open(tmp_path / "a.jpg") as image:
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(crop.from_file(tmp_path / "a.jpg", 3, to_rgb),
+                       crop.from_pixels(pixels.contiguous(), 3))
+
+
+def test_draft_decoding_changes_large_crops_only_slightly(tmp_path):
+    save_jpeg(tmp_path / "a.jpg", photo())
+    draft, full = TrainCrop(48, (0.5, 1.0)), TrainCrop(48, (0.5, 1.0), jpeg_draft=False)
+    for seed in range(4):
+        # Crops of half the image or more are >= 4x the output size: decoded at 1/4 or less.
+        with_draft = draft.from_file(tmp_path / "a.jpg", seed, to_rgb).float()
+        without = full.from_file(tmp_path / "a.jpg", seed, to_rgb).float()
+        mse = (with_draft - without).pow(2).mean().item()
+        assert 0 < mse and 10 * math.log10(255**2 / mse) > 30
+
+
+def test_png_files_are_cropped_like_their_pixels(tmp_path):
+    pixels = photo(100, 120)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    crop = TrainCrop(32, (0.08, 1.0))
+    expected = crop.from_pixels(torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), 5)
+    assert torch.equal(crop.from_file(tmp_path / "a.png", 5, to_rgb), expected)
+
+
+def test_truncated_jpeg_data_is_an_os_error(tmp_path):
+    save_jpeg(tmp_path / "a.jpg", photo())
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match="cut.jpg"):
+        TrainCrop(32, (0.08, 1.0), jpeg_draft=False).from_file(tmp_path / "cut.jpg", 0, to_rgb)
+
+
+def test_image_folder_batches_are_uint8_until_moved_to_the_device(tmp_path):
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    for index in range(4):
+        save_jpeg(folder / f"{index}.jpg", photo(60 + index, 80))
+    config = dataclasses.replace(PRESETS["demo"], dataset="imagefolder",
+                                 data_path=str(tmp_path), img_size=32, batch_size=4)
+    loader, _ = build_loader(config, build_dataset(config), rank=0, world_size=1,
+                             pin_memory=False)
+    (batch,) = list(loader)
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (4, 3, 32, 32)
+    moved = batch.to(torch.device("cpu"))
+    assert moved.images.dtype == torch.float32
+    assert torch.equal(moved.images, normalize(batch.images))
+
+
+def test_image_folder_crops_are_the_same_with_and_without_workers(tmp_path):
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    for index in range(8):
+        save_jpeg(folder / f"{index}.jpg", photo(300, 400 + index))
+    config = dataclasses.replace(PRESETS["demo"], dataset="imagefolder",
+                                 data_path=str(tmp_path), img_size=32, batch_size=4)
+    dataset = build_dataset(config)
+    crops = {}
+    for workers in (0, 2):
+        loader, _ = build_loader(dataclasses.replace(config, num_workers=workers), dataset,
+                                 rank=0, world_size=1, pin_memory=False)
+        crops[workers] = torch.cat([batch.images for batch in loader])
+    assert torch.equal(crops[0], crops[2])
