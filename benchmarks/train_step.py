@@ -1,8 +1,9 @@
-"""Training-step speed: GMAE against MAE's pixel decoder on the same encoder, plus the loader.
+"""Training-step speed: GMAE against MAE's pixel decoder on the same encoder.
 
     python benchmarks/train_step.py                                     # tiny config, CPU
     python benchmarks/train_step.py --config base --batch 256 --device cuda [--compile]
-    python benchmarks/train_step.py --dataloader --workers 1 2          # 224 px JPEG crops/s
+
+The input pipeline has its own benchmark, ``benchmarks/data.py``.
 
 Both models train with the same AdamW (fused on CUDA), precision and synthetic batch. MAE's
 decoder (8 blocks, 512 wide, mask tokens, Linear to p*p*3) is built here from timm Blocks. A
@@ -15,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 import time
 from contextlib import nullcontext
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
 from timm.models.vision_transformer import Block
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -197,37 +195,6 @@ def benchmark_models(args: argparse.Namespace) -> None:
         print(f"| loss + masking + rest | {rest:.1f} | {100 * rest / total:.1f}% |")
 
 
-def benchmark_loader(args: argparse.Namespace) -> None:
-    """Images/s of the recipe's ImageNet pipeline (decode, 224 crop, flip) on CPU workers."""
-    import sys
-
-    # recipes/ is not installed; a script there finds splathead_recipes beside itself.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    from splathead_recipes.config import Config
-    from splathead_recipes.data import build_dataset, build_loader
-
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as root:
-        folder = Path(root) / "train" / "n00000000"
-        folder.mkdir(parents=True)
-        for index in range(args.num_images):
-            # Smooth random images: JPEG-compress like photos (noise would be 5x larger).
-            small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-            Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(
-                folder / f"{index}.JPEG", quality=90)
-        print("\n| loader workers | images / s | images / s per worker |\n|---:|---:|---:|")
-        for workers in args.workers:
-            config = Config(data_path=root, num_workers=workers, batch_size=32)
-            dataset = build_dataset(config)
-            loader, _ = build_loader(config, dataset, rank=0, world_size=1, pin_memory=False)
-            batches = iter(loader)
-            next(batches)  # workers started and warm; their prefetch is at most a few batches
-            start = time.perf_counter()
-            count = sum(batch.images.shape[0] for batch in batches)
-            rate = count / (time.perf_counter() - start)
-            print(f"| {workers} | {rate:.0f} | {rate / max(workers, 1):.0f} |")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
@@ -240,14 +207,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="torch.profiler forward ranges")
-    parser.add_argument("--dataloader", action="store_true", help="measure the input pipeline")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--num-images", type=int, default=512)
     args = parser.parse_args()
-    if args.dataloader:
-        benchmark_loader(args)
-    else:
-        benchmark_models(args)
+    benchmark_models(args)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms
 from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 
 from splathead_recipes.config import PRESETS
-from splathead_recipes.crops import (CropBox, TrainCrop, jpeg_reduction, normalize,
+from splathead_recipes.crops import (CentreCrop, CropBox, TrainCrop, jpeg_reduction, normalize,
                                      random_crop_box)
 from splathead_recipes.data import build_dataset, build_loader, to_rgb
 
@@ -145,3 +146,16 @@ def test_image_folder_crops_are_the_same_with_and_without_workers(tmp_path):
                                  rank=0, world_size=1, pin_memory=False)
         crops[workers] = torch.cat([batch.images for batch in loader])
     assert torch.equal(crops[0], crops[2])
+
+
+def test_centre_crop_is_maes_evaluation_crop_within_two_levels(tmp_path):
+    pixels = photo(90, 120)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    reference = transforms.Compose([
+        transforms.Resize(int(40 / 0.875), interpolation=InterpolationMode.BICUBIC),
+        transforms.CenterCrop(40),
+        transforms.PILToTensor(),
+    ])(Image.fromarray(pixels))
+    crop = CentreCrop(40).from_file(tmp_path / "a.png", 0, to_rgb)
+    assert crop.shape == (3, 40, 40)
+    assert (crop.int() - reference.int()).abs().max() <= 2

@@ -7,6 +7,7 @@ pytest's ``pythonpath`` setting.
 - :mod:`.config`: the pretraining :class:`~.config.Config`, presets, command line, validation
 - :mod:`.models`: the model-factory registry, building a model, loading one from a checkpoint
 - :mod:`.data`: datasets and the resumable loader of :class:`~.data.Batch` es
+- :mod:`.crops`: the training and evaluation crops (uint8, seeded per sample) and normalisation
 - :mod:`.optim`: AdamW parameter groups and the warmup + cosine learning rate
 - :mod:`.train_step`: one optimiser step (:class:`~.train_step.TrainStep`)
 - :mod:`.eval_step`: metrics over a loader, summed over ranks (:func:`~.eval_step.evaluate`)

@@ -86,6 +86,28 @@ def jpeg_reduction(box: CropBox, size: int) -> int:
                  if min(box.height, box.width) >= factor * size), 1)
 
 
+def decode_jpeg_file(data: bytes, path: str | Path) -> torch.Tensor:
+    """A JPEG file's bytes as uint8 RGB ``[3 h w]`` (libjpeg-turbo through torchvision).
+
+    Raises:
+        OSError: libjpeg cannot decode the data (the error names ``path``).
+    """
+    try:
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                           mode=ImageReadMode.RGB)
+    except RuntimeError as error:  # torchvision reports libjpeg's errors so
+        raise OSError(f"cannot decode {path}: {error}") from error
+
+
+def decode_rgb(path: str | Path, to_rgb: Callable[[Image.Image], Image.Image]) -> torch.Tensor:
+    """An image file as uint8 RGB ``[3 h w]``; ``to_rgb`` converts what is not a JPEG."""
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format != "JPEG":
+            return F.pil_to_tensor(to_rgb(image))
+    return decode_jpeg_file(data, path)
+
+
 @dataclass(frozen=True)
 class TrainCrop:
     """RandomResizedCrop (bicubic) to ``size`` + horizontal flip, as uint8 ``[3 size size]``."""
@@ -126,12 +148,7 @@ class TrainCrop:
                 return self._flip(self._reduced_crop(to_rgb(image), box, reduction), flip)
             if not is_jpeg:
                 return self._crop(F.pil_to_tensor(to_rgb(image)), box, flip)
-        try:
-            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                 mode=ImageReadMode.RGB)
-        except RuntimeError as error:  # torchvision reports libjpeg's errors so
-            raise OSError(f"cannot decode {path}: {error}") from error
-        return self._crop(pixels, box, flip)
+        return self._crop(decode_jpeg_file(data, path), box, flip)
 
     def _reduced_crop(self, image: Image.Image, box: CropBox, reduction: int) -> torch.Tensor:
         # The box at sub-pixel precision on the reduced image: PIL samples between its pixels.
@@ -149,6 +166,27 @@ class TrainCrop:
     @staticmethod
     def _flip(pixels: torch.Tensor, flip: bool) -> torch.Tensor:
         return F.horizontal_flip(pixels) if flip else pixels
+
+
+@dataclass(frozen=True)
+class CentreCrop:
+    """The evaluation crop (MAE's, timm's): the short side resized to ``size / 0.875``
+    (bicubic), then the centre ``size`` x ``size``, as uint8. Same calls as :class:`TrainCrop`;
+    the seed is ignored."""
+
+    size: int
+    crop_fraction: float = 0.875
+
+    @typecheck
+    def from_pixels(self, pixels: UInt8[Tensor, "3 h w"], seed: int) -> UInt8[Tensor, "3 s s"]:
+        resized = F.resize(pixels, int(self.size / self.crop_fraction),
+                           interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return F.center_crop(resized, [self.size, self.size])
+
+    @typecheck
+    def from_file(self, path: str | Path, seed: int,
+                  to_rgb: Callable[[Image.Image], Image.Image]) -> UInt8[Tensor, "3 s s"]:
+        return self.from_pixels(decode_rgb(path, to_rgb), seed)
 
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
