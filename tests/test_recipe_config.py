@@ -40,6 +40,13 @@ def test_every_field_is_a_flag_that_overrides_the_preset():
     assert parse_config(["--synthetic"]).dataset == "synthetic"
 
 
+def test_patch_size_overrides_the_models_own():
+    from splathead_recipes.models import build_model
+
+    config = dataclasses.replace(PRESETS["demo"], img_size=32, patch_size=4)
+    assert build_model(config).patch_size == (4, 4)
+
+
 def test_config_round_trips_through_json():
     config = PRESETS["demo"]
     assert load_config(dataclasses.asdict(config)) == config
@@ -58,6 +65,7 @@ def test_demo_preset_is_valid_on_cpu():
         ({"mask_ratio": 1.0, "dataset": "synthetic"}, 1, True, "--mask-ratio must lie in (0, 1)"),
         ({"backend": "mpi", "dataset": "synthetic"}, 1, True, "--backend 'mpi' is not one of"),
         ({"crop_scale": (0.9, 0.1), "dataset": "synthetic"}, 1, True, "--crop-scale"),
+        ({"patch_size": 12, "dataset": "synthetic"}, 1, True, "--patch-size 12 must be"),
         ({"resume": "/no/such.pt", "dataset": "synthetic"}, 1, True, "no such file"),
         ({"model": "nope", "dataset": "synthetic"}, 1, True, "--model 'nope' is not one of"),
         ({"lr": float("nan"), "dataset": "synthetic"}, 1, True, "--lr must be finite"),

@@ -68,6 +68,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return to_rgb(image)
+
+
 class SafeImageFolder(datasets.ImageFolder):
     """torchvision's ImageFolder in which an unreadable file is replaced by the next readable one.
 

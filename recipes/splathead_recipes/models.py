@@ -25,9 +25,10 @@ MODEL_FACTORIES: dict[str, Callable[..., GMAE]] = {
 def build_model(config: Config) -> GMAE:
     """An untrained GMAE with the config's architecture (random weights, MAE's initialisation)."""
     factory = MODEL_FACTORIES[config.model]
+    patch = {} if config.patch_size is None else {"patch_size": config.patch_size}
     return factory(img_size=config.img_size, num_queries=config.num_gaussians,
                    max_scale=config.max_scale, mask_ratio=config.mask_ratio,
-                   backend=config.render_backend)
+                   backend=config.render_backend, **patch)
 
 
 def load_pretrained(path: Path) -> GMAE:
