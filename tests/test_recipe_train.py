@@ -205,7 +205,7 @@ def image_folder(root: Path, count: int, *, readable: bool = True) -> Path:
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--img-size", "60"], "--img-size 60"),
+        (["--img-size", "62"], "--img-size 62"),
         (["--img-size", "4"], "--img-size 4"),
         (["--mask-ratio", "0.99"], "--mask-ratio 0.99 leaves no visible patch"),
         (["--max-scale", "nan"], "--max-scale must be finite"),
