@@ -28,7 +28,9 @@ class QueryDecoder(nn.Module):
     The visible encoder tokens are projected to ``dim`` and get the fixed 2D sin-cos position
     (MAE layout, :func:`sincos_pos_embed_2d`) of their patch; prefix tokens (cls, registers) get
     none, as MAE's zero cls row. Each of the ``num_queries`` queries is one shared learned token
-    plus its own learned embedding (both normal, std 0.02). Unlike MAE there are no mask tokens:
+    (normal, std 0.02) plus its own learned embedding, uniform in [0, 1) as in the authors' code
+    (``torch.rand``): the queries, and so the Gaussians, start spread out rather than all alike.
+    Unlike MAE there are no mask tokens:
     the decoder's length is ``prefix + visible + num_queries`` whatever the mask. Blocks are
     timm's ViT ``Block`` with MAE's settings (qkv bias, LayerNorm eps 1e-6) and MAE's init.
 
@@ -83,7 +85,7 @@ class QueryDecoder(nn.Module):
         self.norm = norm_layer(dim)
 
         nn.init.normal_(self.query_token, std=0.02)
-        nn.init.normal_(self.query_embed, std=0.02)
+        nn.init.uniform_(self.query_embed, 0.0, 1.0)
         self.embed.apply(init_like_mae)
         self.blocks.apply(init_like_mae)
         self.norm.apply(init_like_mae)
