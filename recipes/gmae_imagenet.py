@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 def build_model_for(config: Config) -> GMAE:
     """:func:`build_model`, with the settings it cannot take reported as :class:`ConfigError`."""
     settings = (f"--model {config.model} --img-size {config.img_size} --num-gaussians "
-                f"{config.num_gaussians} --mask-ratio {config.mask_ratio}")
+                f"{config.num_gaussians} --gaussians-per-token {config.gaussians_per_token} "
+                f"--mask-ratio {config.mask_ratio}")
     try:
         model = build_model(config)
     except ValueError as error:

@@ -142,7 +142,8 @@ class DecoderOutput(NamedTuple):
     image: Float[Tensor, "b c h w"]
     """The render, in [0, 1] for colours in [0, 1] on a background in [0, 1]."""
     gaussians: Gaussians
-    """``num_queries`` Gaussians per image, in the GMAE camera's scene coordinates."""
+    """``num_queries * gaussians_per_token`` Gaussians per image, in the GMAE camera's scene
+    coordinates, the Gaussians of one query consecutive."""
 
 
 class GMAEDecoder(nn.Module):
@@ -151,7 +152,8 @@ class GMAEDecoder(nn.Module):
     A drop-in for the decoder of an MAE codebase: ``decoder(latent, ids_restore)`` takes what
     MAE's ``forward_encoder`` returns (``latent [b prefix+k e]``, ``ids_restore [b l]``) and
     renders ``[b c h w]`` images with :meth:`Camera.gmae` on a white background. Defaults are the
-    paper's (ViT-B/16): a 512-wide, 8-block, 16-head decoder, 256 Gaussians, ``max_scale`` 1/8.
+    paper's (ViT-B/16): a 512-wide, 8-block, 16-head decoder, 256 Gaussians (one per query),
+    ``max_scale`` 1/8.
     The stable parts: :meth:`decode` (tokens to Gaussians) and :meth:`render`.
 
     Args:
@@ -160,7 +162,9 @@ class GMAEDecoder(nn.Module):
         patch_size: encoder patch size ``(ph, pw)`` (or one int); must divide ``img_size``.
         num_prefix_tokens: encoder tokens before the patches (cls, registers).
         dim, depth, num_heads, mlp_ratio, num_queries: see :class:`QueryDecoder`.
-        num_channels, max_scale, center_range, rotation: see :class:`GaussianHead`.
+        num_channels, max_scale, center_range, rotation, gaussians_per_token: see
+            :class:`GaussianHead`. ``gaussians_per_token`` ``m`` renders ``m`` Gaussians per
+            query: the decoder's sequence (and cost) stays, the render's cost grows with ``m``.
         background: render background, see :class:`SplatRenderer` (white, as in the paper).
         backend: render backend, "auto" (gsplat on CUDA when installed), "torch" or "gsplat".
     """
@@ -181,6 +185,7 @@ class GMAEDecoder(nn.Module):
         max_scale: float = 1 / 8,
         center_range: float = 1.0,
         rotation: Rotation = "shoemake",
+        gaussians_per_token: int = 1,
         background: float | Sequence[float] | Tensor = 1.0,
         backend: BackendName = "auto",
     ) -> None:
@@ -205,10 +210,16 @@ class GMAEDecoder(nn.Module):
             max_scale=max_scale,
             center_range=center_range,
             rotation=rotation,
+            gaussians_per_token=gaussians_per_token,
         )
         self.renderer = SplatRenderer(
             Camera.gmae(height, width), backend=backend, background=background
         )
+
+    @property
+    def num_gaussians(self) -> int:
+        """Gaussians per image: ``num_queries * gaussians_per_token``."""
+        return self.query_decoder.num_queries * self.head.gaussians_per_token
 
     @property
     def encoder_dim(self) -> int:

@@ -31,6 +31,7 @@ def build_gmae_vit(
     decoder_depth: int = 8,
     decoder_num_heads: int = 16,
     num_queries: int = 256,
+    gaussians_per_token: int = 1,
     max_scale: float = 1 / 8,
     mask_ratio: float = 0.75,
     loss: Loss = "masked",
@@ -62,6 +63,7 @@ def build_gmae_vit(
         depth=decoder_depth,
         num_heads=decoder_num_heads,
         num_queries=num_queries,
+        gaussians_per_token=gaussians_per_token,
         max_scale=max_scale,
         backend=backend,
     )

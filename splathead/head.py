@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from splathead.gaussians import Gaussians
@@ -44,7 +45,10 @@ def shoemake_quaternion(uvw: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch
 class GaussianHead(nn.Module):
     """One bias-free Linear from tokens to Gaussian parameters, then bounded activations.
 
-    The ``11 + num_channels`` outputs per token (14 for RGB, the paper's layout) are
+    Each token gives ``gaussians_per_token`` (``m``) Gaussians, so ``[b n d]`` tokens give
+    ``n m`` Gaussians, the ``m`` of token ``i`` at ``i m, ..., i m + m - 1``. The Linear has
+    ``m (11 + num_channels)`` outputs, Gaussian by Gaussian; the ``11 + num_channels`` of one
+    Gaussian (14 for RGB, the paper's layout, with ``m = 1``) are
     ``3 centre | 3 scale | 4 rotation | num_channels colour | 1 opacity``, activated as
 
     - centre ``center_range * 2 (sigmoid - 0.5)``: in ``(-center_range, center_range)`` on each
@@ -61,7 +65,9 @@ class GaussianHead(nn.Module):
     The projection and the activations run in at least float32, also under autocast or for
     bf16 tokens, so the Gaussians are float32 (float64 for float64 tokens); the small
     projection costs nothing next to the decoder. The weight starts xavier-uniform, as every
-    Linear of MAE's decoder (its pixel predictor included) does.
+    Linear of MAE's decoder (its pixel predictor included) does; with ``m > 1`` each Gaussian's
+    ``11 + num_channels`` rows are drawn as the ``m = 1`` head's are, so every Gaussian starts
+    with the paper's distribution.
 
     Args:
         in_dim: width ``d`` of the input tokens.
@@ -69,6 +75,7 @@ class GaussianHead(nn.Module):
         max_scale: upper bound of the scales, scene units.
         center_range: half-width of the centre box, scene units.
         rotation: ``"shoemake"`` or ``"quaternion"``.
+        gaussians_per_token: Gaussians ``m`` per token (the paper: 1).
     """
 
     def __init__(
@@ -79,12 +86,14 @@ class GaussianHead(nn.Module):
         max_scale: float = 1 / 8,
         center_range: float = 1.0,
         rotation: Rotation = "shoemake",
+        gaussians_per_token: int = 1,
     ) -> None:
         super().__init__()
-        if in_dim < 1 or num_channels < 1:
+        if in_dim < 1 or num_channels < 1 or gaussians_per_token < 1:
             raise ValueError(
-                f"GaussianHead needs in_dim >= 1 and num_channels >= 1, got in_dim={in_dim}, "
-                f"num_channels={num_channels}"
+                f"GaussianHead needs in_dim, num_channels and gaussians_per_token >= 1, got "
+                f"in_dim={in_dim}, num_channels={num_channels}, "
+                f"gaussians_per_token={gaussians_per_token}"
             )
         if not max_scale > 0 or not center_range > 0:
             raise ValueError(
@@ -98,11 +107,15 @@ class GaussianHead(nn.Module):
         self.max_scale = max_scale
         self.center_range = center_range
         self.rotation = rotation
-        self.proj = nn.Linear(in_dim, 11 + num_channels, bias=False)
-        nn.init.xavier_uniform_(self.proj.weight)
+        self.gaussians_per_token = gaussians_per_token
+        self.proj = nn.Linear(in_dim, gaussians_per_token * (11 + num_channels), bias=False)
+        with torch.no_grad():
+            for rows in self.proj.weight.split(11 + num_channels):
+                nn.init.xavier_uniform_(rows)
 
     @typecheck
     def forward(self, tokens: Float[Tensor, "b n d"]) -> Gaussians:
+        """``n * gaussians_per_token`` Gaussians per image from ``[b n d]`` tokens."""
         if tokens.shape[-1] != self.in_dim:
             raise ValueError(
                 f"GaussianHead expected tokens of width {self.in_dim}, got shape "
@@ -113,6 +126,7 @@ class GaussianHead(nn.Module):
         dtype = torch.promote_types(tokens.dtype, torch.float32)
         with torch.autocast(device_type=tokens.device.type, enabled=False):
             raw = F.linear(tokens.to(dtype), self.proj.weight.to(dtype))
+        raw = rearrange(raw, "b n (m p) -> b (n m) p", m=self.gaussians_per_token)
         center, scale, rotation, color, opacity = raw.split(
             [3, 3, 4, self.num_channels, 1], dim=-1
         )
@@ -132,5 +146,6 @@ class GaussianHead(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_dim={self.in_dim}, num_channels={self.num_channels}, max_scale={self.max_scale}, "
-            f"center_range={self.center_range}, rotation={self.rotation!r}"
+            f"center_range={self.center_range}, rotation={self.rotation!r}, "
+            f"gaussians_per_token={self.gaussians_per_token}"
         )

@@ -33,7 +33,7 @@ class GMAEOutput(NamedTuple):
     image: Float[Tensor, "b c h w"]
     """The render in [0, 1] RGB, on a white background."""
     gaussians: Gaussians
-    """The decoder's Gaussians, ``num_queries`` per image."""
+    """The decoder's Gaussians, ``num_queries * gaussians_per_token`` per image."""
     mask: PatchMask
     """Which patches the encoder saw (``mask.mask [b l]`` is True where hidden)."""
 

@@ -243,3 +243,18 @@ def test_gmae_decoder_gradients_reach_every_parameter():
     for name, parameter in decoder.named_parameters():
         assert parameter.grad is not None, name
         assert torch.isfinite(parameter.grad).all(), name
+
+
+def test_gmae_decoder_renders_several_gaussians_per_query_with_the_same_sequence():
+    torch.manual_seed(0)
+    kwargs = dict(encoder_dim=ENCODER_DIM, img_size=16, patch_size=8, dim=32, depth=1,
+                  num_heads=4, num_queries=8, backend="torch")
+    single, triple = GMAEDecoder(**kwargs), GMAEDecoder(gaussians_per_token=3, **kwargs)
+    assert set(single.state_dict()) == set(triple.state_dict())
+    assert (single.num_gaussians, triple.num_gaussians) == (8, 24)
+    latent, patch_mask = visible_inputs(1, 4, ratio=0.5)
+    captured = decoder_input(triple.query_decoder)
+    output = triple(latent, ids_keep=patch_mask.ids_keep)
+    assert captured[0].shape == (2, 1 + patch_mask.num_kept + 8, 32)  # 8 queries, not 24
+    assert output.gaussians.means.shape == (2, 24, 3)
+    assert output.image.shape == (2, 3, 16, 16)

@@ -139,3 +139,71 @@ def test_head_rejects_tokens_without_a_batch_dimension():
 def test_head_rejects_bad_configuration(kwargs):
     with pytest.raises(ValueError):
         GaussianHead(16, **kwargs)
+
+
+@pytest.mark.parametrize("gaussians_per_token", [1, 2, 4])
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_head_gives_gaussians_per_token_from_one_linear(gaussians_per_token, num_channels):
+    head = GaussianHead(16, num_channels=num_channels, gaussians_per_token=gaussians_per_token)
+    linears = [module for module in head.modules() if isinstance(module, torch.nn.Linear)]
+    assert len(linears) == 1 and linears[0].bias is None
+    assert head.proj.weight.shape == (gaussians_per_token * (11 + num_channels), 16)
+    assert set(head.state_dict()) == {"proj.weight"}
+    gaussians = head(torch.randn(2, 5, 16))
+    count = 5 * gaussians_per_token
+    assert gaussians.means.shape == gaussians.scales.shape == (2, count, 3)
+    assert gaussians.quats.shape == (2, count, 4)
+    assert gaussians.colors.shape == (2, count, num_channels)
+    assert gaussians.opacities.shape == (2, count)
+
+
+@pytest.mark.parametrize("gaussians_per_token", [2, 3])
+def test_a_tokens_gaussians_are_consecutive_and_each_the_one_gaussian_head_of_its_rows(
+    gaussians_per_token,
+):
+    """Gaussian ``i m + j`` is token ``i`` through rows block ``j``, bit for bit as the m = 1
+    head with those rows computes it."""
+    head = GaussianHead(16, gaussians_per_token=gaussians_per_token)
+    tokens = random_tokens(0, 1.0)
+    gaussians = head(tokens)
+    for block, rows in enumerate(head.proj.weight.split(14)):
+        single = GaussianHead(16)
+        with torch.no_grad():
+            single.proj.weight.copy_(rows)
+        expected = single(tokens)
+        for field in ("means", "scales", "quats", "colors", "opacities"):
+            assert torch.equal(getattr(gaussians, field)[:, block::gaussians_per_token],
+                               getattr(expected, field)), field
+
+
+def test_one_gaussian_per_token_is_the_default_head_with_the_same_weights():
+    torch.manual_seed(3)
+    default = GaussianHead(16)
+    torch.manual_seed(3)
+    explicit = GaussianHead(16, gaussians_per_token=1)
+    assert torch.equal(default.proj.weight, explicit.proj.weight)
+    tokens = random_tokens(1, 0.0)
+    for field in ("means", "scales", "quats", "colors", "opacities"):
+        assert torch.equal(getattr(default(tokens), field), getattr(explicit(tokens), field))
+
+
+def test_every_gaussians_rows_start_with_the_one_gaussian_heads_xavier_bound():
+    head = GaussianHead(512, gaussians_per_token=4)
+    bound = math.sqrt(6 / (512 + 14))  # xavier-uniform of a (14, 512) weight
+    for rows in head.proj.weight.split(14):
+        assert rows.abs().max() <= bound
+        assert rows.abs().max() > 0.95 * bound
+        assert abs(rows.std().item() - bound / math.sqrt(3)) < 0.05 * bound
+
+
+def test_head_rejects_zero_gaussians_per_token():
+    with pytest.raises(ValueError, match="gaussians_per_token=0"):
+        GaussianHead(16, gaussians_per_token=0)
+
+
+def test_multi_gaussian_head_checks_token_shapes():
+    head = GaussianHead(16, gaussians_per_token=2)
+    with pytest.raises(ValueError, match="width 16"):
+        head(torch.randn(1, 4, 8))
+    with pytest.raises(TypeError, match="tokens"):
+        head(torch.randn(4, 16))

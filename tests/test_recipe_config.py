@@ -47,6 +47,18 @@ def test_patch_size_overrides_the_models_own():
     assert build_model(config).patch_size == (4, 4)
 
 
+def test_gaussians_per_token_keeps_the_gaussians_and_divides_the_queries():
+    from splathead_recipes.models import build_model
+
+    assert PRESETS["paper"].gaussians_per_token == 1
+    config = parse_config(["--preset", "demo", "--num-gaussians", "64",
+                           "--gaussians-per-token", "4"])
+    check(config)
+    decoder = build_model(config).decoder
+    assert decoder.query_decoder.num_queries == 16
+    assert decoder.num_gaussians == 64
+
+
 def test_config_round_trips_through_json():
     config = PRESETS["demo"]
     assert load_config(dataclasses.asdict(config)) == config
@@ -78,6 +90,10 @@ def test_demo_preset_is_valid_on_cpu():
         ({"backend": "nccl", "precision": "fp32", "dataset": "synthetic"}, 1, False,
          "nccl needs CUDA"),
         ({"device": "cuda", "dataset": "synthetic"}, 1, False, "CUDA is not available"),
+        ({"gaussians_per_token": 0, "dataset": "synthetic"}, 1, True,
+         "--gaussians-per-token must be at least 1, got 0"),
+        ({"gaussians_per_token": 3, "dataset": "synthetic"}, 1, True,
+         "--num-gaussians 256 is not divisible by --gaussians-per-token 3"),
     ],
 )
 def test_validation_names_the_setting_to_change(overrides, world_size, cuda, message):

@@ -34,7 +34,9 @@ class Config:
     img_size: int = _opt(224, "input resolution in pixels")
     patch_size: int | None = _opt(None, "encoder patch size in pixels (none: the model's own, "
                                   "16 for ViT-B/16, 8 for the tiny ViT)")
-    num_gaussians: int = _opt(256, "Gaussians per image (decoder queries)")
+    num_gaussians: int = _opt(256, "Gaussians per image")
+    gaussians_per_token: int = _opt(1, "Gaussians each decoder query predicts; the decoder has "
+                                    "num-gaussians / gaussians-per-token queries")
     max_scale: float = _opt(0.125, "largest Gaussian std in scene units (paper c = 1: 1/8)")
     mask_ratio: float = _opt(0.75, "fraction of patches hidden from the encoder, in (0, 1)")
     render_backend: BackendName = _opt("auto", "splatting backend")
@@ -175,7 +177,7 @@ def _check_ranges(config: Config) -> str | None:
     low, high = config.crop_scale
     if not 0 < low <= high <= 1:
         return f"--crop-scale needs 0 < min <= max <= 1, got {low} {high}"
-    for name in ("img_size", "num_gaussians", "batch_size", "accum_steps", "epochs",
+    for name in ("img_size", "num_gaussians", "gaussians_per_token", "batch_size", "accum_steps", "epochs",
                  "samples_per_epoch", "log_every", "keep_checkpoints", "checkpoint_every"):
         if getattr(config, name) < 1:
             return f"{_flag(name)} must be at least 1, got {getattr(config, name)}"
@@ -183,6 +185,10 @@ def _check_ranges(config: Config) -> str | None:
                  "weight_decay", "clip_grad", "min_lr"):
         if getattr(config, name) < 0:
             return f"{_flag(name)} must be >= 0, got {getattr(config, name)}"
+    if config.num_gaussians % config.gaussians_per_token:
+        return (f"--num-gaussians {config.num_gaussians} is not divisible by "
+                f"--gaussians-per-token {config.gaussians_per_token} (the decoder's queries "
+                f"each predict that many Gaussians)")
     if config.learning_rate <= 0:
         return f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)"
     if not all(0 <= beta < 1 for beta in config.betas):

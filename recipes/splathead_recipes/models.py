@@ -26,7 +26,9 @@ def build_model(config: Config) -> GMAE:
     """An untrained GMAE with the config's architecture (random weights, MAE's initialisation)."""
     factory = MODEL_FACTORIES[config.model]
     patch = {} if config.patch_size is None else {"patch_size": config.patch_size}
-    return factory(img_size=config.img_size, num_queries=config.num_gaussians,
+    return factory(img_size=config.img_size,
+                   num_queries=config.num_gaussians // config.gaussians_per_token,
+                   gaussians_per_token=config.gaussians_per_token,
                    max_scale=config.max_scale, mask_ratio=config.mask_ratio,
                    backend=config.render_backend, **patch)
 
@@ -52,5 +54,6 @@ def load_pretrained(path: Path) -> GMAE:
         raise checkpoint.CheckpointError(
             f"{path}: its weights do not fit the model its config describes (--model "
             f"{config.model} --img-size {config.img_size} --num-gaussians "
-            f"{config.num_gaussians}): {str(error).strip().splitlines()[-1].strip()}") from None
+            f"{config.num_gaussians} --gaussians-per-token {config.gaussians_per_token}): "
+            f"{str(error).strip().splitlines()[-1].strip()}") from None
     return model
