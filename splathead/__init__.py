@@ -15,7 +15,8 @@ The parts, lowest layer first (each module imports only from the layers above it
 - encoders: :class:`MaskedEncoder` (the protocol), :mod:`splathead.adapters` (timm and Hugging
   Face ViTs on visible patches only; :func:`wrap` picks the adapter)
 - model: :class:`GMAE` (encoder + masking + decoder + loss)
-- factories: :func:`gmae_vit_base_patch16`, :func:`gmae_vit_tiny` (:mod:`splathead.factories`)
+- factories: :func:`gmae_vit_base_patch16`, :func:`gmae_vit_large_patch16`,
+  :func:`gmae_vit_huge_patch14`, :func:`gmae_vit_tiny` (:mod:`splathead.factories`)
 - analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.viz`
 - evaluation: :mod:`splathead.metrics` (PSNR, SSIM; needs torchmetrics, so not imported here),
   :mod:`splathead.probes` (online linear probes)
@@ -26,7 +27,12 @@ from splathead.adapters import wrap
 from splathead.camera import Camera
 from splathead.decoder import DecoderOutput, GMAEDecoder, QueryDecoder
 from splathead.encoder import MaskedEncoder
-from splathead.factories import gmae_vit_base_patch16, gmae_vit_tiny
+from splathead.factories import (
+    gmae_vit_base_patch16,
+    gmae_vit_huge_patch14,
+    gmae_vit_large_patch16,
+    gmae_vit_tiny,
+)
 from splathead.gaussians import Gaussians
 from splathead.head import GaussianHead
 from splathead.indexing import batched_gather
@@ -56,6 +62,8 @@ __all__ = [
     "batched_gather",
     "gather_tokens",
     "gmae_vit_base_patch16",
+    "gmae_vit_huge_patch14",
+    "gmae_vit_large_patch16",
     "gmae_vit_tiny",
     "image_mse",
     "mask_formats",

@@ -1,7 +1,10 @@
 """Factories: GMAE models with a timm ViT encoder trained from scratch, named like timm's.
 
-``gmae_vit_base_patch16()`` is the paper's model; every keyword of :func:`build_gmae_vit`
-overrides a setting, e.g. ``gmae_vit_tiny(img_size=32, backend="torch")``.
+``gmae_vit_base_patch16()`` is the paper's model; ``gmae_vit_large_patch16`` and
+``gmae_vit_huge_patch14`` are MAE's larger encoders with the same decoder (the paper trained
+ViT-B only). Every keyword of :func:`build_gmae_vit` overrides a setting, e.g.
+``gmae_vit_tiny(img_size=32, backend="torch")`` or
+``gmae_vit_large_patch16(decoder_kwargs={"background": 0.0})``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from splathead.model import GMAE, Loss
 from splathead.render import BackendName
 from splathead.typing import typecheck
 
-__all__ = ["build_gmae_vit", "gmae_vit_base_patch16", "gmae_vit_tiny"]
+__all__ = [
+    "build_gmae_vit",
+    "gmae_vit_base_patch16",
+    "gmae_vit_huge_patch14",
+    "gmae_vit_large_patch16",
+    "gmae_vit_tiny",
+]
 
 
 @typecheck
@@ -37,12 +46,15 @@ def build_gmae_vit(
     loss: Loss = "masked",
     freeze_encoder: bool = False,
     backend: BackendName = "auto",
+    decoder_kwargs: dict[str, Any] | None = None,
     **vit_kwargs: Any,
 ) -> GMAE:
     """A GMAE with an MAE-initialised timm ``VisionTransformer`` encoder (cls token, fixed sin-cos
     positions; :func:`init_vit_like_mae`). Defaults: the paper's ViT-B/16 model.
 
-    ``vit_kwargs`` go to timm's ``VisionTransformer`` (e.g. ``drop_path_rate``, ``mlp_ratio``).
+    ``decoder_kwargs`` go to :class:`~splathead.decoder.GMAEDecoder` beside the named decoder
+    settings (e.g. ``background``, ``rotation``, ``center_range``); ``vit_kwargs`` go to timm's
+    ``VisionTransformer`` (e.g. ``drop_path_rate``, ``mlp_ratio``).
     """
     vit = VisionTransformer(
         img_size=img_size,
@@ -66,6 +78,7 @@ def build_gmae_vit(
         gaussians_per_token=gaussians_per_token,
         max_scale=max_scale,
         backend=backend,
+        **(decoder_kwargs or {}),
     )
 
 
@@ -76,6 +89,23 @@ def gmae_vit_base_patch16(**overrides: Any) -> GMAE:
     ``overrides``: any keyword of :func:`build_gmae_vit`.
     """
     return build_gmae_vit(**overrides)
+
+
+def gmae_vit_large_patch16(**overrides: Any) -> GMAE:
+    """MAE's ViT-L/16 encoder (1024 wide, 24 blocks, 16 heads) with the paper's GMAE decoder.
+
+    ``overrides``: any keyword of :func:`build_gmae_vit`.
+    """
+    return build_gmae_vit(**{**dict(embed_dim=1024, depth=24, num_heads=16), **overrides})
+
+
+def gmae_vit_huge_patch14(**overrides: Any) -> GMAE:
+    """MAE's ViT-H/14 encoder (1280 wide, 32 blocks, 16 heads, 14 px patches) with the paper's
+    GMAE decoder. ``overrides``: any keyword of :func:`build_gmae_vit`.
+    """
+    return build_gmae_vit(
+        **{**dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16), **overrides}
+    )
 
 
 def gmae_vit_tiny(img_size: int = 64, **overrides: Any) -> GMAE:

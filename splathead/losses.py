@@ -7,25 +7,35 @@ normalisation of the target.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from splathead.checks import host_scalars
 from splathead.patches import as_pair, patch_grid, patchify
-from splathead.typing import Bool, Float, Tensor, typecheck
+from splathead.typing import Bool, Float, Real, Tensor, typecheck
 
 __all__ = ["image_mse", "masked_patch_mse"]
 
 
 def _check_target(target: Tensor, mask: Tensor | None = None) -> None:
-    """One device-to-host sync: target in [0, 1], and (if given) some patch hidden."""
+    """One device-to-host sync: target in [0, 1], and (if given) a mask of 0s and 1s (or bool)
+    hiding some patch."""
     checks = {"outside": ~((target >= 0) & (target <= 1)).all()}
     if mask is not None:
-        checks["nothing hidden"] = ~mask.any()
+        checks["nothing hidden"] = ~(mask != 0).any()
+        if mask.dtype != torch.bool:
+            checks["not 0/1"] = ~((mask == 0) | (mask == 1)).all()
     failed = host_scalars(checks)
     if failed["outside"]:
         raise ValueError(
             f"target must lie in [0, 1] (RGB, not ImageNet-normalised), got values in "
             f"[{target.min().item():.4g}, {target.max().item():.4g}] (or NaN)"
+        )
+    if failed.get("not 0/1"):
+        raise ValueError(
+            f"mask must be bool or hold only 0 (visible) and 1 (hidden), as MAE's float mask "
+            f"does; got {mask.dtype} values in [{mask.min().item():.4g}, "
+            f"{mask.max().item():.4g}] (or NaN)"
         )
     if failed.get("nothing hidden"):
         raise ValueError("mask hides no patch, so the masked-patch loss is undefined (0 / 0)")
@@ -35,7 +45,7 @@ def _check_target(target: Tensor, mask: Tensor | None = None) -> None:
 def masked_patch_mse(
     image: Float[Tensor, "b c h w"],
     target: Float[Tensor, "b c h w"],
-    mask: Bool[Tensor, "b l"],
+    mask: Bool[Tensor, "b l"] | Real[Tensor, "b l"],
     patch_size: int | tuple[int, int],
     *,
     check_inputs: bool = True,
@@ -46,10 +56,12 @@ def masked_patch_mse(
         image: ``[b c h w]`` rendered reconstruction.
         target: ``[b c h w]`` input image in [0, 1].
         mask: ``[b l]`` True where a patch was hidden from the encoder (``PatchMask.mask``),
-            row-major over the patch grid.
+            row-major over the patch grid; or any real dtype holding 1 where hidden and 0
+            where visible (MAE's ``mask`` as its ``random_masking`` returns it).
         patch_size: ``ph`` or ``(ph, pw)`` in pixels.
         check_inputs: raise ``ValueError`` if ``target`` leaves [0, 1] or ``mask`` hides no
-            patch (one device-to-host sync); when False such input gives a meaningless loss or NaN.
+            patch, or a real ``mask`` holds other values than 0 and 1 (one device-to-host sync);
+            when False such input gives a meaningless loss or NaN.
     """
     patch_height, patch_width = as_pair("patch_size", patch_size)
     grid_height, grid_width = patch_grid(*image.shape[-2:], (patch_height, patch_width), name="image")

@@ -16,10 +16,10 @@ import os
 from typing import Callable, TypeVar
 
 from beartype import beartype
-from jaxtyping import Bool, Float, Int, Integer, Shaped, jaxtyped
+from jaxtyping import Bool, Float, Int, Integer, Real, Shaped, jaxtyped
 from torch import Tensor
 
-__all__ = ["Bool", "Float", "Int", "Integer", "Shaped", "Tensor", "typecheck"]
+__all__ = ["Bool", "Float", "Int", "Integer", "Real", "Shaped", "Tensor", "typecheck"]
 
 _F = TypeVar("_F", bound=Callable)
 

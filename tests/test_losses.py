@@ -148,6 +148,31 @@ def test_image_mse_is_mean_squared_error():
     assert image_mse(image, target).item() == 2.5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.int64,
+                                   torch.uint8])
+def test_masked_patch_mse_takes_a_real_mask_of_zeros_and_ones_as_mae_returns_it(dtype):
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 16, 16, generator=generator)
+    image = torch.rand(2, 3, 16, 16, generator=generator)
+    mask = RandomMasking(0.75)(2, 16, generator=generator).mask
+    assert masked_patch_mse(image, target, mask.to(dtype), 4) == masked_patch_mse(
+        image, target, mask, 4)
+
+
+@pytest.mark.parametrize("bad_value", [0.5, 2.0, -1.0, float("nan")])
+def test_masked_patch_mse_names_a_mask_of_other_values_than_zero_and_one(bad_value):
+    image = torch.rand(1, 3, 8, 8)
+    mask = torch.tensor([[1.0, 0.0, 1.0, bad_value]])
+    with pytest.raises(ValueError, match=r"mask must be bool or hold only 0 \(visible\) and 1"):
+        masked_patch_mse(image, image, mask, 4)
+
+
+def test_masked_patch_mse_refuses_a_complex_mask_naming_it():
+    image = torch.rand(1, 3, 8, 8)
+    with pytest.raises(TypeCheckError, match="mask"):
+        masked_patch_mse(image, image, torch.ones(1, 4, dtype=torch.complex64), 4)
+
+
 def test_masked_patch_mse_without_a_hidden_patch_raises():
     image = torch.rand(2, 3, 8, 8)
     nothing_hidden = torch.zeros(2, 4, dtype=torch.bool)

@@ -9,7 +9,12 @@ from splathead.adapters import TimmViTEncoder, wrap
 from splathead.decoder import GMAEDecoder
 from splathead.gaussians import Gaussians
 from splathead.masking import PatchMask, RandomMasking
-from splathead.factories import gmae_vit_base_patch16, gmae_vit_tiny
+from splathead.factories import (
+    gmae_vit_base_patch16,
+    gmae_vit_huge_patch14,
+    gmae_vit_large_patch16,
+    gmae_vit_tiny,
+)
 from splathead.model import GMAE, GMAEOutput
 from splathead.pos_embed import sincos_pos_embed_2d
 
@@ -247,6 +252,25 @@ def test_tiny_factory_takes_overrides():
     model = gmae_vit_tiny(img_size=48, num_queries=12, mask_ratio=0.5, depth=1)
     assert model.img_size == (48, 48) and model.decoder.query_decoder.num_queries == 12
     assert model.mask_ratio == 0.5 and len(model.encoder.vit.blocks) == 1
+
+
+@pytest.mark.parametrize(
+    ("factory", "width", "heads", "patch"),
+    [(gmae_vit_large_patch16, 1024, 16, 16), (gmae_vit_huge_patch14, 1280, 16, 14)],
+)
+def test_large_and_huge_factories_are_maes_encoders_with_the_papers_decoder(
+    factory, width, heads, patch
+):
+    # One block instead of 24 or 32 keeps the test small; the widths are the real ones.
+    model = factory(img_size=patch * 4, depth=1, backend="torch", gaussians_per_token=2,
+                    decoder_kwargs={"background": 0.0, "rotation": "quaternion"})
+    vit = model.encoder.vit
+    assert (vit.embed_dim, vit.blocks[0].attn.num_heads) == (width, heads)
+    assert model.patch_size == (patch, patch) and model.img_size == (patch * 4, patch * 4)
+    assert model.decoder.query_decoder.dim == 512 and len(model.decoder.query_decoder.blocks) == 8
+    assert model.decoder.num_gaussians == 512
+    assert model.renderer.background.tolist() == 0.0
+    assert model.decoder.head.rotation == "quaternion"
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 # that defines them. ``--model`` must name one of these (checked in validation).
 MODEL_FACTORIES: dict[str, Callable[..., GMAE]] = {
     "gmae_vit_base_patch16": splathead.gmae_vit_base_patch16,
+    "gmae_vit_large_patch16": splathead.gmae_vit_large_patch16,
+    "gmae_vit_huge_patch14": splathead.gmae_vit_huge_patch14,
     "gmae_vit_tiny": splathead.gmae_vit_tiny,
 }
 
