@@ -2,7 +2,7 @@
 
 The doc's python block runs as written, against a small model with the structure and the
 interface of MAE's ``models_mae.MaskedAutoencoderViT`` (written here from MAE's published
-algorithm) standing in for ``models_mae``.
+algorithm; its ``random_masking`` returns MAE's float mask) standing in for ``models_mae``.
 """
 
 import re
@@ -152,6 +152,45 @@ def test_gmae_from_the_doc_trains_a_step_in_mae_training_loop(models_gmae):
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert any(name.startswith("blocks.") for name in changed)
     assert any(name.startswith("gmae_decoder.") for name in changed)
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "patch"),
+    [("mae_vit_base_patch16", 768, 16), ("mae_vit_large_patch16", 1024, 16),
+     ("mae_vit_huge_patch14", 1280, 14), ("mae_vit_tiny_patch4", 192, 4)],
+)
+def test_maes_model_dispatch_builds_the_gmae_of_that_name_at_the_input_size(
+    models_gmae, name, width, patch
+):
+    # main_pretrain.py's line after the doc's edit; one encoder block keeps the test small.
+    size = 2 * patch
+    model = models_gmae.__dict__[name](img_size=size, depth=1,
+                                       decoder_kwargs=dict(depth=1, backend="torch"))
+    assert model.cls_token.shape[-1] == width
+    assert tuple(model.patch_embed.patch_size) == (patch, patch)
+    assert model.gmae_decoder.img_size == (size, size)
+    loss, image, mask = model(normalised_images(1, size), mask_ratio=0.5)
+    assert image.shape == (1, 3, size, size) and torch.isfinite(loss)
+
+
+def test_laptop_model_takes_maes_float_mask_as_it_is_and_trains(models_gmae):
+    torch.manual_seed(0)
+    model = models_gmae.mae_vit_tiny_patch4(img_size=32, decoder_kwargs={"backend": "torch"})
+    assert model.gmae_decoder.num_gaussians == 64
+    loss, _, mask = model(normalised_images(2), mask_ratio=0.75)
+    assert mask.dtype == torch.float32 and set(mask.unique().tolist()) == {0.0, 1.0}
+    loss.backward()
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_save_one_image_writes_input_masked_render_and_gaussians(models_gmae, tmp_path):
+    from PIL import Image
+
+    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    path = tmp_path / "one_image.png"
+    models_gmae.save_one_image(path, model, normalised_images(2))
+    width, height = Image.open(path).size
+    assert width > 4 * 32 and height > 2 * 32  # 4 panels side by side, 2 rows
 
 
 def test_gmae_from_the_doc_has_no_mae_pixel_decoder_left(models_gmae):
