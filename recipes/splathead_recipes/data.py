@@ -181,7 +181,8 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _collate(samples: list[Sample]) -> Batch:
+def collate(samples: list[Sample]) -> Batch:
+    """Samples into one :class:`Batch` (the loaders' ``collate_fn``)."""
     images, labels, substituted = zip(*samples)
     # default_collate stacks straight into shared memory in a worker (one copy fewer).
     return Batch(default_collate(images), torch.tensor(labels), sum(substituted))
@@ -214,7 +215,7 @@ def build_loader(config: Config, dataset: Dataset, *, rank: int, world_size: int
         batch_size=config.batch_size // (world_size * config.accum_steps),
         sampler=sampler,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate,
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=workers > 0,

@@ -27,7 +27,8 @@ class MetricsLog:
     """Per-step metrics to ``metrics.jsonl`` and TensorBoard, a tqdm bar on the terminal.
 
     Resuming from step ``s`` drops records after ``s`` (written after the checkpoint by the run
-    that was interrupted), so the file holds each step once.
+    that was interrupted) and the ``end`` records of earlier slices, so the file holds each step
+    once.
     """
 
     def __init__(self, output_dir: Path, *, start_step: int, total_steps: int,
@@ -60,7 +61,7 @@ class MetricsLog:
                 log.warning("%s line %d is not a complete record (a write cut short?); "
                             "dropped: %r", self.path, number, line[:80])
                 continue
-            if "event" not in record and record["step"] <= step:
+            if record.get("event") != "end" and record["step"] <= step:
                 kept.append(line)
         rewritten = "".join(line + "\n" for line in kept)
         if rewritten != text:
@@ -93,6 +94,18 @@ class MetricsLog:
     def event(self, name: str, step: int, **fields: Any) -> None:
         """A record that is not a metric, e.g. the end of the run."""
         self.jsonl.write(json.dumps({"event": name, "step": step, **fields}) + "\n")
+
+    def evaluation(self, step: int, results: dict[str, Any]) -> None:
+        """One ``{"event": "eval", "step": step, **results}`` record; the same values to
+        TensorBoard under ``eval/`` (a list as ``eval/<name>/<index>``)."""
+        self.event("eval", step, **results)
+        self._clock, self._clock_step = time.perf_counter(), step  # images/s: training only
+        for name, value in results.items():
+            values = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+            for index, number in values:
+                if isinstance(number, (int, float)):
+                    tag = f"eval/{name}" if index is None else f"eval/{name}/{index}"
+                    self.tensorboard.add_scalar(tag, number, step)
 
     def write(self, record: dict[str, Any]) -> None:
         self.jsonl.write(json.dumps(record) + "\n")

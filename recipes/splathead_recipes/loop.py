@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +38,21 @@ StepHook = Callable[[int, StepResult], dict[str, float]]
 """``hook(step, result) -> metrics``, called on every rank after each optimiser step (``step``
 counts the steps done). Rank 0 logs what it returns with that step's record; evaluation passes
 and image dumps are hooks that act every N steps and return ``{}`` otherwise."""
+
+Evaluation = Callable[[int], dict[str, Any]]
+"""``evaluation(step) -> results``, called on every rank (it may be collective) every
+``eval_interval`` steps and at the last step; rank 0 writes the results as one
+``{"event": "eval", "step": step, ...}`` record of ``metrics.jsonl`` and to TensorBoard under
+``eval/``. Values are numbers or lists of numbers."""
+
+
+class Stateful(Protocol):
+    """What :func:`fit` checkpoints beside the model and its optimiser (e.g. online probes with
+    their own optimiser): anything with ``state_dict`` / ``load_state_dict``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
 class LoopSettings(Protocol):
@@ -123,11 +138,13 @@ class Checkpointer:
     """
 
     def __init__(self, settings: LoopSettings, runtime: Runtime, model: nn.Module,
-                 step_fn: TrainStep, steps_per_epoch: int) -> None:
+                 step_fn: TrainStep, steps_per_epoch: int,
+                 extras: Mapping[str, Stateful] = {}) -> None:
         self.settings = settings
         self.runtime = runtime
         self.model = model
         self.step_fn = step_fn
+        self.extras = extras
         self.steps_per_epoch = steps_per_epoch
         self.directory = Path(settings.output_dir)
 
@@ -149,6 +166,7 @@ class Checkpointer:
             "skipped_images": skipped_images,
             "rng": self._gather_rng_states(),
             "config": _settings_dict(self.settings),
+            "extras": {name: extra.state_dict() for name, extra in self.extras.items()},
         }
         if self.runtime.is_main:
             path = checkpoint.save_and_prune(state, self.directory, step=step,
@@ -159,7 +177,8 @@ class Checkpointer:
     def _finite_on_every_rank(self) -> bool:
         tensors = [*self.model.state_dict().values(),
                    *(value for state in self.step_fn.optimizer.state.values()
-                     for value in state.values() if isinstance(value, torch.Tensor))]
+                     for value in state.values() if isinstance(value, torch.Tensor)),
+                   *_tensors_in([extra.state_dict() for extra in self.extras.values()])]
         finite = torch.stack([tensor.isfinite().all() for tensor in tensors
                               if tensor.is_floating_point()]).all()
         bad_ranks = distributed.all_reduce_sum((~finite).float().to(self.runtime.device))
@@ -210,6 +229,17 @@ class Checkpointer:
                 f"{path}: written with other settings ({differences}); its state does not fit "
                 f"this run's model: {str(error).strip().splitlines()[0]}") from None
         self.step_fn.scaler.load_state_dict(state["scaler"])
+        saved_extras = state.get("extras", {})
+        for name, extra in self.extras.items():
+            if name not in saved_extras:
+                log.warning("%s: holds no %s state; they start afresh", path, name)
+                continue
+            try:
+                extra.load_state_dict(saved_extras[name])
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise CheckpointError(
+                    f"{path}: its {name} state does not fit this run (settings that differ: "
+                    f"{differences}): {str(error).strip().splitlines()[0]}") from None
         runtime = self.runtime
         if len(state["rng"]) == runtime.world_size:
             checkpoint.set_rng_state(state["rng"][runtime.rank])
@@ -217,6 +247,17 @@ class Checkpointer:
             log.warning("checkpoint written by %d ranks, resuming on %d: data order is kept, "
                         "masking noise is reseeded", len(state["rng"]), runtime.world_size)
             seed_everything(self.settings.seed + runtime.rank + state["step"])
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    """Every tensor inside nested dicts, lists and tuples (a ``state_dict``'s shape)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _tensors_in(item)]
+    return []
 
 
 def _newest(directory: Path) -> Path | str:
@@ -245,7 +286,8 @@ def write_config(settings: LoopSettings, runtime: Runtime) -> None:
 def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
         optimizer: torch.optim.Optimizer, forward: Forward, loader: DataLoader,
         sampler: ResumableSampler, schedule: Callable[[int], float],
-        hooks: Sequence[StepHook] = ()) -> int:
+        hooks: Sequence[StepHook] = (), evaluation: Evaluation | None = None,
+        eval_interval: int = 0, extras: Mapping[str, Stateful] = {}) -> int:
     """Train ``model`` until ``settings.epochs`` (or ``max_steps``); returns the exit status 0.
 
     Args:
@@ -257,6 +299,10 @@ def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
         loader, sampler: this rank's micro-batches from :func:`~splathead_recipes.data.build_loader`.
         schedule: learning rate of each step.
         hooks: called after every step (:data:`StepHook`).
+        evaluation: run every ``eval_interval`` steps (0: only at the last step) and at the
+            last step, after the hooks and before that step's checkpoint (:data:`Evaluation`).
+        extras: more state to checkpoint and restore, by name (:class:`Stateful`); a checkpoint
+            without one of them resumes with a warning, the extra starting afresh.
 
     Raises:
         NonFiniteError: a loss, gradient or the state to checkpoint became NaN/Inf (no step
@@ -278,7 +324,7 @@ def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
     step_fn = TrainStep(model, optimizer, forward=forward, accum_steps=settings.accum_steps,
                         clip_grad=settings.clip_grad, precision=settings.precision,
                         device=runtime.device)
-    checkpointer = Checkpointer(settings, runtime, model, step_fn, steps_per_epoch)
+    checkpointer = Checkpointer(settings, runtime, model, step_fn, steps_per_epoch, extras)
     step, skipped_total = checkpointer.resume()
     if runtime.is_main:
         write_config(settings, runtime)
@@ -321,6 +367,11 @@ def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
                                          grad_norm=result.grad_norm, skipped_images=skipped_total,
                                          extra=extra,
                                          full=step % settings.log_every == 0 or step == last_step)
+                    if evaluation is not None and (
+                            step == last_step or (eval_interval and step % eval_interval == 0)):
+                        results = evaluation(step)
+                        if metrics is not None:
+                            metrics.evaluation(step, results)
                     if result.num_skipped:
                         log.warning("step %d: %d unreadable images replaced (%d so far)", step,
                                     result.num_skipped, skipped_total)
