@@ -38,13 +38,14 @@ def checkpoints(output_dir: Path) -> list[str]:
     return sorted(path.name for path in output_dir.glob("checkpoint-*.pt"))
 
 
-def test_demo_writes_checkpoint_config_metrics_tensorboard_and_png(tmp_path):
+def test_demo_writes_checkpoint_config_metrics_tensorboard_and_pngs(tmp_path):
     assert run(tmp_path, "--epochs", "1", "--image-every", "2") == 0
     assert checkpoints(tmp_path) == ["checkpoint-00000002.pt"]
     assert json.loads((tmp_path / "config.json").read_text())["img_size"] == 32
     assert sorted(losses(tmp_path)) == [1, 2]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert [path.name for path in (tmp_path / "images").iterdir()] == ["step_00000002.png"]
+    assert sorted(path.name for path in (tmp_path / "images").iterdir()) == [
+        "eval_00000002.png", "step_00000002.png"]
 
 
 def test_checkpoint_loads_with_weights_only_and_holds_the_position(tmp_path):

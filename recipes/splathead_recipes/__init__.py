@@ -11,6 +11,8 @@ pytest's ``pythonpath`` setting.
 - :mod:`.optim`: AdamW parameter groups and the warmup + cosine learning rate
 - :mod:`.train_step`: one optimiser step (:class:`~.train_step.TrainStep`)
 - :mod:`.eval_step`: metrics over a loader, summed over ranks (:func:`~.eval_step.evaluate`)
-- :mod:`.loop`: :func:`~.loop.fit`, the loop with checkpoints, resume, signals, logging and hooks
+- :mod:`.loop`: :func:`~.loop.fit`, the loop with checkpoints, resume, signals, logging, hooks
+  and evaluations
+- :mod:`.pretrain_eval`: what pretraining evaluates: online probes, fixed-mask reconstruction
 - :mod:`.checkpoint`, :mod:`.distributed`, :mod:`.logs`: files, process groups, metrics
 """

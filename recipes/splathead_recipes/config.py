@@ -84,6 +84,14 @@ class Config:
     resume: str | None = _opt(None, "'auto' (newest readable in output-dir) or a file")
     max_steps: int = _opt(0, "stop (with a checkpoint) after this many steps; 0: no limit")
 
+    # Evaluation (docs/evaluation.md).
+    eval_every: int = _opt(10, "epochs between evaluations (and one at the end); 0: at the end "
+                           "only")
+    probes: bool = _opt(True, "online linear probes on every encoder block (labelled "
+                        "imagefolder data with <data-path>/val only)")
+    probe_lr: float = _opt(1e-3, "AdamW learning rate of the online probes (constant, no "
+                           "weight decay)")
+
     # Logging.
     log_every: int = _opt(20, "steps between metric records")
     image_every: int = _opt(1000, "steps between PNG grids (0: never)")
@@ -120,6 +128,7 @@ PRESETS: dict[str, Config] = {
         precision="fp32",
         device="cpu",
         output_dir="runs/demo",
+        eval_every=16,
         checkpoint_every=96,
         log_every=4,
         image_every=96,
@@ -182,13 +191,15 @@ def _check_ranges(config: Config) -> str | None:
         if getattr(config, name) < 1:
             return f"{_flag(name)} must be at least 1, got {getattr(config, name)}"
     for name in ("num_workers", "max_steps", "image_every", "num_images", "warmup_epochs",
-                 "weight_decay", "clip_grad", "min_lr"):
+                 "weight_decay", "clip_grad", "min_lr", "eval_every"):
         if getattr(config, name) < 0:
             return f"{_flag(name)} must be >= 0, got {getattr(config, name)}"
     if config.num_gaussians % config.gaussians_per_token:
         return (f"--num-gaussians {config.num_gaussians} is not divisible by "
                 f"--gaussians-per-token {config.gaussians_per_token} (the decoder's queries "
                 f"each predict that many Gaussians)")
+    if config.probe_lr <= 0:
+        return f"--probe-lr must be positive, got {config.probe_lr}"
     if config.learning_rate <= 0:
         return f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)"
     if not all(0 <= beta < 1 for beta in config.betas):
