@@ -16,8 +16,8 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 
 from splathead_recipes.config import PRESETS
-from splathead_recipes.crops import (CentreCrop, CropBox, TrainCrop, jpeg_reduction, normalize,
-                                     random_crop_box)
+from splathead_recipes.crops import (CentreCrop, CropBox, TrainCrop, decode_rgb, jpeg_reduction,
+                                     normalize, random_crop_box)
 from splathead_recipes.data import build_dataset, build_loader, to_rgb
 
 
@@ -98,6 +98,29 @@ def test_draft_decoding_changes_large_crops_only_slightly(tmp_path):
         without = full.from_file(tmp_path / "a.jpg", seed, to_rgb).float()
         mse = (with_draft - without).pow(2).mean().item()
         assert 0 < mse and 10 * math.log10(255**2 / mse) > 30
+
+
+def pil_pixels(path) -> torch.Tensor:
+    with Image.open(path) as image:
+        return torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).contiguous()
+
+
+@pytest.mark.parametrize("kind", ["grey", "cmyk", "warning"])
+def test_jpegs_off_the_plain_path_are_cropped_from_pils_pixels(tmp_path, kind):
+    # Grey decodes in libjpeg-turbo, CMYK goes to PIL, and so does a file libjpeg-turbo warns
+    # about (bytes before the end marker) that PIL decodes all the same.
+    pixels = photo(90, 120)
+    image = {"grey": Image.fromarray(pixels[..., 0]), "cmyk": Image.fromarray(pixels).convert(
+        "CMYK"), "warning": Image.fromarray(pixels)}[kind]
+    image.save(tmp_path / "a.jpg", quality=95)
+    if kind == "warning":
+        data = (tmp_path / "a.jpg").read_bytes()
+        (tmp_path / "a.jpg").write_bytes(data[:-2] + bytes(5) + data[-2:])
+    crop = TrainCrop(32, (0.08, 1.0), jpeg_draft=False)
+    for seed in range(3):
+        assert torch.equal(crop.from_file(tmp_path / "a.jpg", seed, to_rgb),
+                           crop.from_pixels(pil_pixels(tmp_path / "a.jpg"), seed))
+    assert torch.equal(decode_rgb(tmp_path / "a.jpg", to_rgb), pil_pixels(tmp_path / "a.jpg"))
 
 
 def test_png_files_are_cropped_like_their_pixels(tmp_path):

@@ -5,9 +5,11 @@ from torch's global generator seeded with the sample's seed, but from a private
 :class:`torch.Generator`, so a worker need not save and restore the global state per sample.
 Where the time goes instead:
 
-- JPEGs decode with libjpeg-turbo straight into a uint8 tensor (``torchvision.io.decode_jpeg``),
-  and the crop is resized on that tensor (torchvision's uint8 bicubic with antialiasing, within
-  one level of PIL's).
+- JPEGs decode with libjpeg-turbo (``simplejpeg``, which reads the header alone in about a
+  microsecond) into a uint8 array, and the crop is resized on it as a channels-last tensor
+  (torchvision's uint8 bicubic with antialiasing, within one level of PIL's). What libjpeg-turbo
+  does not decode as it stands (CMYK, unusual subsampling, files with warnings) and other
+  formats go through PIL, which decides what is unreadable.
 - JPEG draft decoding: when the crop is at least ``2**k`` times the output size on both sides,
   PIL has libjpeg decode at ``1 / 2**k`` of the size (its scaled inverse DCT, ``k <= 3``) and
   resizes the crop from there, with the box at sub-pixel precision. The pixels change slightly
@@ -19,18 +21,20 @@ Where the time goes instead:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import simplejpeg
 import torch
 from jaxtyping import UInt8
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -38,6 +42,7 @@ from splathead.typing import Float, Tensor, typecheck
 
 ASPECT_RATIOS = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default, the paper's
 JPEG_REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at, through PIL's draft mode
+TURBO_COLORSPACES = ("YCbCr", "Gray")  # JPEGs that libjpeg-turbo turns into RGB as PIL does
 
 
 class CropBox(NamedTuple):
@@ -58,7 +63,7 @@ def random_crop_box(generator: torch.Generator, *, height: int, width: int,
     ``torch.manual_seed(s)`` when ``generator`` is seeded with ``s`` (a test holds that).
     """
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_ratio = _log_ratio(ratio)
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
         aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1],
@@ -80,32 +85,61 @@ def random_crop_box(generator: torch.Generator, *, height: int, width: int,
     return CropBox((height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width)
 
 
+@functools.cache
+def _log_ratio(ratio: tuple[float, float]) -> tuple[float, float]:
+    # torchvision's float32 logarithms, computed once per ratio.
+    low, high = torch.log(torch.tensor(ratio)).tolist()
+    return low, high
+
+
 def jpeg_reduction(box: CropBox, size: int) -> int:
     """The largest libjpeg scale-down (8, 4, 2 or 1) that keeps ``box`` at least ``size`` px."""
     return next((factor for factor in JPEG_REDUCTIONS
                  if min(box.height, box.width) >= factor * size), 1)
 
 
-def decode_jpeg_file(data: bytes, path: str | Path) -> torch.Tensor:
-    """A JPEG file's bytes as uint8 RGB ``[3 h w]`` (libjpeg-turbo through torchvision).
+def turbo_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` of a JPEG that libjpeg-turbo decodes to RGB by itself, from its header;
+    ``None`` for anything else (other formats, CMYK, subsampling it does not name)."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (height, width) if colorspace in TURBO_COLORSPACES else None
+
+
+def decode_turbo_jpeg(data: bytes) -> torch.Tensor | None:
+    """A JPEG's pixels as uint8 RGB ``[3 h w]`` (a channels-last view), or ``None`` where
+    libjpeg-turbo reports any problem, even one it could decode past: PIL then decides."""
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ValueError:
+        return None
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+@contextlib.contextmanager
+def open_image(data: bytes, path: str | Path) -> Iterator[Image.Image]:
+    """PIL's image of a file's bytes (the header read, the pixels decoded on first use).
 
     Raises:
-        OSError: libjpeg cannot decode the data (the error names ``path``).
+        OSError: PIL cannot read the data (the error names ``path``).
     """
     try:
-        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                           mode=ImageReadMode.RGB)
-    except RuntimeError as error:  # torchvision reports libjpeg's errors so
+        with Image.open(io.BytesIO(data)) as image:
+            yield image
+    except OSError as error:
         raise OSError(f"cannot decode {path}: {error}") from error
 
 
 def decode_rgb(path: str | Path, to_rgb: Callable[[Image.Image], Image.Image]) -> torch.Tensor:
-    """An image file as uint8 RGB ``[3 h w]``; ``to_rgb`` converts what is not a JPEG."""
+    """An image file as uint8 RGB ``[3 h w]``: libjpeg-turbo for plain JPEGs, otherwise PIL with
+    ``to_rgb`` converting to 8-bit RGB."""
     data = Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        if image.format != "JPEG":
-            return F.pil_to_tensor(to_rgb(image))
-    return decode_jpeg_file(data, path)
+    if turbo_jpeg_size(data) is not None and (pixels := decode_turbo_jpeg(data)) is not None:
+        return pixels
+    with open_image(data, path) as image:
+        return F.pil_to_tensor(to_rgb(image))
 
 
 @dataclass(frozen=True)
@@ -132,23 +166,25 @@ class TrainCrop:
     @typecheck
     def from_file(self, path: str | Path, seed: int,
                   to_rgb: Callable[[Image.Image], Image.Image]) -> UInt8[Tensor, "3 s s"]:
-        """The crop of an image file; ``to_rgb`` converts what is not a JPEG to 8-bit RGB.
+        """The crop of an image file; ``to_rgb`` converts what PIL decodes to 8-bit RGB.
 
         Raises:
-            OSError: the file is unreadable (as PIL raises it for a broken header, or from
-                libjpeg's error for broken data).
+            OSError: the file is unreadable (PIL's error, naming ``path``).
         """
         data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        if (size := turbo_jpeg_size(data)) is not None:
+            box, flip = self.draw(seed, height=size[0], width=size[1])
+            reduction = jpeg_reduction(box, self.size) if self.jpeg_draft else 1
+            if reduction == 1 and (pixels := decode_turbo_jpeg(data)) is not None:
+                return self._crop(pixels, box, flip)
+        with open_image(data, path) as image:  # reads the header only
             box, flip = self.draw(seed, height=image.height, width=image.width)
             is_jpeg = image.format == "JPEG"
             reduction = jpeg_reduction(box, self.size) if is_jpeg and self.jpeg_draft else 1
             if reduction > 1:
                 image.draft("RGB", (image.width // reduction, image.height // reduction))
                 return self._flip(self._reduced_crop(to_rgb(image), box, reduction), flip)
-            if not is_jpeg:
-                return self._crop(F.pil_to_tensor(to_rgb(image)), box, flip)
-        return self._crop(decode_jpeg_file(data, path), box, flip)
+            return self._crop(F.pil_to_tensor(to_rgb(image)), box, flip)
 
     def _reduced_crop(self, image: Image.Image, box: CropBox, reduction: int) -> torch.Tensor:
         # The box at sub-pixel precision on the reduced image: PIL samples between its pixels.
@@ -196,7 +232,8 @@ _STD = torch.tensor(IMAGENET_DEFAULT_STD)
 @typecheck
 def normalize(images: UInt8[Tensor, "b 3 h w"]) -> Float[Tensor, "b 3 h w"]:
     """uint8 RGB to the ImageNet-normalised float32 the models take, on the images' device."""
-    # torchvision's ToTensor + Normalize, op for op: the same floats as normalising in workers.
+    # torchvision's ToTensor + Normalize, op for op (in place): the same floats as normalising
+    # in workers.
     mean = _MEAN.to(images.device)[:, None, None]
     std = _STD.to(images.device)[:, None, None]
-    return (images.float().div(255) - mean) / std
+    return images.float().div_(255).sub_(mean).div_(std)
