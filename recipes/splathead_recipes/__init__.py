@@ -14,5 +14,9 @@ pytest's ``pythonpath`` setting.
 - :mod:`.loop`: :func:`~.loop.fit`, the loop with checkpoints, resume, signals, logging, hooks
   and evaluations
 - :mod:`.pretrain_eval`: what pretraining evaluates: online probes, fixed-mask reconstruction
+- :mod:`.encoders`: the evaluation recipes' encoder (pretraining checkpoint, export, or none)
+  and its classifier head
+- :mod:`.classify`: what the linear-probe and fine-tune recipes share: their settings, the
+  labelled data, top-1 / top-5 evaluation, training and the ``top1=... top5=...`` last line
 - :mod:`.checkpoint`, :mod:`.distributed`, :mod:`.logs`: files, process groups, metrics
 """

@@ -158,10 +158,10 @@ def validate(config: Config, *, world_size: int, cuda_available: bool) -> None:
         raise ConfigError(problem)
 
 
-def _check_values(config: Config) -> str | None:
-    """Choices among the allowed ones and finite numbers."""
-    hints = typing.get_type_hints(Config)
-    for spec in dataclasses.fields(Config):
+def check_fields(config: Any) -> str | None:
+    """Any recipe's dataclass config: choices among the allowed ones and finite numbers."""
+    hints = typing.get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
         choices = typing.get_args(hints[spec.name])
         value = getattr(config, spec.name)
         if typing.get_origin(hints[spec.name]) is Literal and value not in choices:
@@ -169,6 +169,13 @@ def _check_values(config: Config) -> str | None:
         numbers = value if isinstance(value, tuple) else (value,)
         if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
             return f"{_flag(spec.name)} must be finite, got {value}"
+    return None
+
+
+def _check_values(config: Config) -> str | None:
+    """Choices among the allowed ones and finite numbers."""
+    if problem := check_fields(config):
+        return problem
     if config.model not in MODEL_FACTORIES:
         return f"--model {config.model!r} is not one of {list(MODEL_FACTORIES)}"
     return None
@@ -219,6 +226,11 @@ def _check_paths(config: Config) -> str | None:
         train = Path(config.data_path) / "train"
         if not train.is_dir():
             return f"--data-path {config.data_path}: expected class folders in {train}/<class>/"
+    return check_output(config)
+
+
+def check_output(config: Any) -> str | None:
+    """Any recipe's ``--resume`` file and ``--output-dir``: there, writable, not another run's."""
     if config.resume not in (None, "auto") and not os.path.isfile(config.resume):
         return f"--resume {config.resume}: no such file (use 'auto' or a checkpoint path)"
     if problem := _unwritable(Path(config.output_dir)):
@@ -228,6 +240,17 @@ def _check_paths(config: Config) -> str | None:
 
 def _check_placement(config: Config, world_size: int, cuda_available: bool) -> str | None:
     """The batch split over ranks and what the devices can do."""
+    if problem := check_devices(config, world_size, cuda_available):
+        return problem
+    uses_cuda = config.device == "cuda" or (config.device == "auto" and cuda_available)
+    if config.render_backend == "gsplat" and not uses_cuda:
+        return "--render-backend gsplat needs CUDA; use torch (or auto) on CPU"
+    return None
+
+
+def check_devices(config: Any, world_size: int, cuda_available: bool) -> str | None:
+    """Any recipe's batch split over ranks (``batch_size``, ``accum_steps``) and its
+    ``device``, ``backend`` and ``precision`` against what the machine has."""
     per_step = world_size * config.accum_steps
     if config.batch_size % per_step:
         return (f"--batch-size {config.batch_size} is not divisible by world size {world_size} "
@@ -241,8 +264,6 @@ def _check_placement(config: Config, world_size: int, cuda_available: bool) -> s
     if config.precision != "fp32" and not uses_cuda:
         return (f"--precision {config.precision} autocasts on CUDA only; use --precision fp32 "
                 f"on CPU")
-    if config.render_backend == "gsplat" and not uses_cuda:
-        return "--render-backend gsplat needs CUDA; use torch (or auto) on CPU"
     return None
 
 
@@ -278,34 +299,46 @@ def _argument_type(hint: Any) -> tuple[Any, dict[str, Any]]:
     return hint, {}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One ``--flag`` per :class:`Config` field; unset flags keep the preset's value."""
-    parser = argparse.ArgumentParser(
-        description="GMAE pretraining (torchrun for several GPUs or nodes).",
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                        help="starting values: paper (GMAE ViT-B/16 pretraining) or demo (laptop CPU)")
-    parser.add_argument("--synthetic", dest="dataset", action="store_const", const="synthetic",
-                        help="same as --dataset synthetic")
-    hints = typing.get_type_hints(Config)
-    for spec in dataclasses.fields(Config):
+def parser_for(presets: dict[str, Any], description: str) -> argparse.ArgumentParser:
+    """One ``--flag`` per field of the presets' dataclass (each field's ``help`` metadata, the
+    paper preset's value) and ``--preset``; unset flags keep the preset's value."""
+    parser = argparse.ArgumentParser(description=description,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--preset", choices=sorted(presets), default="paper",
+                        help="starting values: paper (the paper's settings) or demo (laptop CPU)")
+    paper = presets["paper"]
+    hints = typing.get_type_hints(type(paper))
+    for spec in dataclasses.fields(paper):
         arg_type, extra = _argument_type(hints[spec.name])
         if arg_type is not None:
             extra["type"] = arg_type
-        default = getattr(PRESETS["paper"], spec.name)
         parser.add_argument(_flag(spec.name), dest=spec.name,
-                            help=f"{spec.metadata['help']} (paper: {default})", **extra)
+                            help=f"{spec.metadata['help']} (paper: {getattr(paper, spec.name)})",
+                            **extra)
+    return parser
+
+
+def parse_with(parser: argparse.ArgumentParser, presets: dict[str, Any],
+               argv: list[str] | None = None) -> Any:
+    """The preset named by ``--preset`` with every other flag ``parser`` read applied on top."""
+    overrides = vars(parser.parse_args(argv))
+    preset = presets[overrides.pop("preset")]
+    overrides = {name: tuple(value) if isinstance(value, list) else value
+                 for name, value in overrides.items()}
+    return dataclasses.replace(preset, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One ``--flag`` per :class:`Config` field; unset flags keep the preset's value."""
+    parser = parser_for(PRESETS, "GMAE pretraining (torchrun for several GPUs or nodes).")
+    parser.add_argument("--synthetic", dest="dataset", action="store_const", const="synthetic",
+                        help="same as --dataset synthetic")
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
     """The preset named by ``--preset`` with every other given flag applied on top."""
-    overrides = vars(build_parser().parse_args(argv))
-    preset = PRESETS[overrides.pop("preset")]
-    overrides = {name: tuple(value) if isinstance(value, list) else value
-                 for name, value in overrides.items()}
-    return dataclasses.replace(preset, **overrides)
+    return parse_with(build_parser(), PRESETS, argv)
 
 
 def load_config(data: dict[str, Any]) -> Config:

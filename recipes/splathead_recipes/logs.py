@@ -16,6 +16,8 @@ from splathead_recipes.checkpoint import write_text_atomic
 
 log = logging.getLogger("gmae")
 
+_ONCE_PER_RUN = ("end", "result")  # records of the end of a run slice, rewritten by the next
+
 
 def setup_logging(is_main: bool) -> None:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
@@ -27,8 +29,8 @@ class MetricsLog:
     """Per-step metrics to ``metrics.jsonl`` and TensorBoard, a tqdm bar on the terminal.
 
     Resuming from step ``s`` drops records after ``s`` (written after the checkpoint by the run
-    that was interrupted) and the ``end`` records of earlier slices, so the file holds each step
-    once.
+    that was interrupted) and the ``end`` / ``result`` records of earlier slices, so the file
+    holds each step once.
     """
 
     def __init__(self, output_dir: Path, *, start_step: int, total_steps: int,
@@ -61,7 +63,7 @@ class MetricsLog:
                 log.warning("%s line %d is not a complete record (a write cut short?); "
                             "dropped: %r", self.path, number, line[:80])
                 continue
-            if record.get("event") != "end" and record["step"] <= step:
+            if record.get("event") not in _ONCE_PER_RUN and record["step"] <= step:
                 kept.append(line)
         rewritten = "".join(line + "\n" for line in kept)
         if rewritten != text:

@@ -1,0 +1,335 @@
+"""Supervised classification on an ImageFolder: what the linear-probe and fine-tune recipes share.
+
+``recipes/gmae_linprobe.py`` and ``recipes/gmae_finetune.py`` each build a classifier (the
+encoder of :mod:`.encoders` with a head), its optimiser and the loss of a micro-batch; this
+module gives both the rest, on top of pretraining's :func:`~splathead_recipes.loop.fit`:
+
+- :class:`ClassifyConfig`: the settings both have (a recipe's config subclasses it);
+  :func:`validate_classify` checks them before any work;
+- :func:`build_classify_data`: ``<data-path>/train`` (RandomResizedCrop + flip) and
+  ``<data-path>/val`` (centre crops), the same classes in both;
+- :class:`TopKEvaluation`: top-1 / top-5 percent on ``val/`` summed over ranks, with the best so
+  far checkpointed;
+- :func:`fit_classifier`: epochs with gradient accumulation to ``--batch-size`` at any world size,
+  warmup + cosine per step, checkpoints and ``--resume auto``, an evaluation every
+  ``--eval-every`` epochs and at the end, and the last line ``top1=XX.XX top5=YY.YY``, also
+  written to ``metrics.jsonl`` as ``{"event": "result", ...}``;
+- :func:`run_recipe`: validation, process group and exit status (0 done, 1 failed in
+  training, 2 bad settings or checkpoint) around a recipe's training function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from splathead_recipes import distributed
+from splathead_recipes.checkpoint import CheckpointError
+from splathead_recipes.config import ConfigError, check_devices, check_fields, check_output
+from splathead_recipes.crops import CentreCrop
+from splathead_recipes.data import Batch, SafeImageFolder, build_loader, collate, train_crop
+from splathead_recipes.distributed import Runtime
+from splathead_recipes.encoders import known_model
+from splathead_recipes.eval_step import evaluate
+from splathead_recipes.logs import setup_logging
+from splathead_recipes.loop import NonFiniteError, Stateful, StepHook, fit
+from splathead_recipes.optim import learning_rate
+from splathead_recipes.train_step import AUTOCAST_DTYPES, Forward
+
+log = logging.getLogger("gmae")
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """The settings every classification recipe has; defaults are placeholders that each
+    recipe's presets replace."""
+
+    # Encoder (splathead_recipes.encoders).
+    checkpoint: str = _opt("none", "the encoder: a checkpoint-*.pt of gmae_imagenet.py, an "
+                           "export_timm *.safetensors, or none (random init of --model)")
+    model: str | None = _opt(None, "architecture: a splathead factory (gmae_vit_base_patch16, "
+                             "...) or a timm model name; none: the pretraining checkpoint's")
+    img_size: int = _opt(224, "input resolution in pixels")
+    patch_size: int | None = _opt(None, "encoder patch size (none: the model's own)")
+    global_pool: Literal["avg", "token"] = _opt("avg", "avg: mean of the patch tokens (MAE); "
+                                                "token: the cls token")
+
+    # Data.
+    data_path: str | None = _opt(None, "ImageFolder root holding train/<class>/ and val/<class>/")
+    crop_scale: tuple[float, float] = _opt((0.08, 1.0), "RandomResizedCrop area range")
+    hflip: bool = _opt(True, "random horizontal flips")
+    jpeg_draft: bool = _opt(True, "decode a JPEG at 1/2, 1/4 or 1/8 size when the crop allows")
+    num_workers: int = _opt(10, "data loader processes per GPU")
+    pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
+
+    # Optimisation.
+    batch_size: int = _opt(1024, "global batch: world size x per-GPU batch x accum steps")
+    accum_steps: int = _opt(1, "gradient accumulation steps per optimiser step")
+    blr: float = _opt(1e-3, "base learning rate; lr = blr x batch_size / 256")
+    lr: float | None = _opt(None, "absolute learning rate (overrides blr)")
+    min_lr: float = _opt(0.0, "learning rate at the end of the cosine")
+    warmup_epochs: float = _opt(5.0, "linear warmup length in epochs")
+    epochs: int = _opt(100, "training length in epochs")
+    weight_decay: float = _opt(0.0, "weight decay")
+    clip_grad: float = _opt(0.0, "gradient-norm clip (0 turns it off)")
+    precision: Literal["bf16", "fp16", "fp32"] = _opt("bf16", "autocast dtype (fp32: none)")
+    compile: bool = _opt(False, "torch.compile the transformer blocks")
+
+    # System.
+    device: Literal["auto", "cuda", "cpu"] = _opt("auto", "auto: cuda when available")
+    backend: Literal["auto", "nccl", "gloo"] = _opt("auto", "auto: nccl on cuda, gloo on cpu")
+    seed: int = _opt(0, "seed for the head's initialisation, data order and augmentation")
+    output_dir: str = _opt("runs/classify", "checkpoints and metrics")
+
+    # Checkpoints, evaluation, logging.
+    checkpoint_every: int = _opt(1000, "steps between checkpoints (and at each epoch end)")
+    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep")
+    resume: str | None = _opt(None, "'auto' (newest readable in output-dir) or a file")
+    max_steps: int = _opt(0, "stop (with a checkpoint) after this many steps; 0: no limit")
+    eval_every: int = _opt(1, "epochs between evaluations on val/ (and one at the end); 0: at "
+                           "the end only")
+    log_every: int = _opt(20, "steps between metric records")
+
+    @property
+    def learning_rate(self) -> float:
+        """Peak learning rate: ``lr`` if given, else ``blr * batch_size / 256``."""
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_ranges(config: ClassifyConfig) -> str | None:
+    for name in ("img_size", "batch_size", "accum_steps", "epochs", "log_every",
+                 "keep_checkpoints", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            return f"{_flag(name)} must be at least 1, got {getattr(config, name)}"
+    for name in ("num_workers", "max_steps", "warmup_epochs", "weight_decay", "clip_grad",
+                 "min_lr", "eval_every"):
+        if getattr(config, name) < 0:
+            return f"{_flag(name)} must be >= 0, got {getattr(config, name)}"
+    if config.patch_size is not None and (config.patch_size < 1
+                                          or config.img_size % config.patch_size):
+        return (f"--patch-size {config.patch_size} must be positive and divide --img-size "
+                f"{config.img_size}")
+    low, high = config.crop_scale
+    if not 0 < low <= high <= 1:
+        return f"--crop-scale needs 0 < min <= max <= 1, got {low} {high}"
+    if config.learning_rate <= 0:
+        return f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)"
+    return None
+
+
+def _check_sources(config: ClassifyConfig, check_data: bool) -> str | None:
+    if config.model is not None and not known_model(config.model):
+        return f"--model {config.model!r} is neither a splathead factory nor a timm model"
+    if config.checkpoint == "none" and config.model is None:
+        return "--checkpoint none needs --model (the architecture to initialise)"
+    if config.checkpoint != "none" and not Path(config.checkpoint).is_file():
+        return (f"--checkpoint {config.checkpoint}: no such file (a checkpoint-*.pt of "
+                f"gmae_imagenet.py, an export_timm *.safetensors, or none)")
+    if not check_data:
+        return None
+    if config.data_path is None:
+        return "--data-path is needed: an ImageFolder root holding train/ and val/"
+    for split in ("train", "val"):
+        if not (Path(config.data_path) / split).is_dir():
+            return (f"--data-path {config.data_path}: expected class folders in "
+                    f"{Path(config.data_path) / split}/<class>/")
+    return None
+
+
+def validate_classify(config: ClassifyConfig, *, world_size: int, cuda_available: bool,
+                      check_data: bool = True) -> None:
+    """Raise :class:`ConfigError` for any shared setting that would fail later; what needs the
+    encoder or the images loaded is checked when they are, still before the first step.
+    ``check_data=False`` leaves out ``--data-path`` (a recipe that writes it first)."""
+    for problem in (check_fields(config), _check_ranges(config),
+                    _check_sources(config, check_data),
+                    check_output(config), check_devices(config, world_size, cuda_available)):
+        if problem:
+            raise ConfigError(problem)
+
+
+@dataclass(frozen=True)
+class ClassifyData:
+    train: SafeImageFolder  # (index, seed) items: RandomResizedCrop + flip
+    val: SafeImageFolder  # centre crops
+    num_classes: int
+
+
+def build_classify_data(config: ClassifyConfig) -> ClassifyData:
+    """``train/`` and ``val/`` of ``--data-path``; :class:`ConfigError` for an empty folder or
+    other classes in ``val/`` than in ``train/``."""
+    root = Path(config.data_path)
+    try:
+        train = SafeImageFolder(root / "train", train_crop(config))
+        val = SafeImageFolder(root / "val", CentreCrop(config.img_size))
+    except FileNotFoundError as error:
+        raise ConfigError(f"--data-path {config.data_path}: {error}; expected "
+                          f"{root}/{{train,val}}/<class>/<image>") from None
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))[:5]
+        only_val = sorted(set(val.classes) - set(train.classes))[:5]
+        raise ConfigError(f"--data-path {config.data_path}: val/ holds other classes than train/ "
+                          f"(only in train/: {only_train}, only in val/: {only_val})")
+    if len(train.classes) < 2:
+        raise ConfigError(f"--data-path {config.data_path}: {len(train.classes)} class; a "
+                          f"classifier needs at least 2")
+    log.info("%d classes, %d training and %d validation images", len(train.classes), len(train),
+             len(val))
+    return ClassifyData(train, val, len(train.classes))
+
+
+def cross_entropy(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The :data:`~splathead_recipes.train_step.Forward` of plain classification: the mean
+    cross-entropy of the logits against the labels; the output is the logits."""
+    logits = model(batch.images)
+    return F.cross_entropy(logits, batch.labels), logits
+
+
+class TopKEvaluation:
+    """The :data:`~splathead_recipes.loop.Evaluation` of a classifier on ``val/``, and the
+    :class:`~splathead_recipes.loop.Stateful` that remembers the best and latest results.
+
+    Each rank scores every ``world_size``-th image (nothing padded or repeated), the counts are
+    summed over ranks. Returns ``top1``, ``top5`` (percent; top-k with k = min(5, classes)) and
+    ``best_top1`` / ``best_top5`` (the epoch-end evaluation with the best top-1 so far; one
+    mid-epoch, where ``--max-steps`` stops a run, is recorded but not a candidate, so that a
+    resumed run reports what an uninterrupted one does).
+
+    Args:
+        model: the classifier (not DDP-wrapped: ranks may evaluate different numbers of images).
+        steps_per_epoch: optimiser steps per epoch (which evaluations end an epoch).
+    """
+
+    def __init__(self, model: nn.Module, dataset: SafeImageFolder, *, runtime: Runtime,
+                 batch_size: int, num_workers: int, seed: int, steps_per_epoch: int,
+                 autocast: Any = None) -> None:
+        self.model = model
+        self.steps_per_epoch = steps_per_epoch
+        self.runtime = runtime
+        self.autocast = autocast
+        self.k = min(5, len(dataset.classes))
+        indices = range(runtime.rank, len(dataset), runtime.world_size)
+        self.loader = DataLoader(dataset, batch_size=batch_size,
+                                 sampler=[(index, 0) for index in indices],
+                                 num_workers=num_workers, collate_fn=collate,
+                                 generator=torch.Generator().manual_seed(seed))
+        self.best: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def __call__(self, step: int) -> dict[str, float]:
+        def measure(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+            top = model(batch.images).topk(self.k, dim=1).indices
+            hits = top == batch.labels[:, None]
+            return {"top1": hits[:, 0].sum() * 100.0, "top5": hits.any(dim=1).sum() * 100.0}
+
+        means = evaluate(self.model, self.loader, measure, device=self.runtime.device,
+                         autocast=self.autocast)
+        self.last = {"top1": means["top1"], "top5": means["top5"], "step": step}
+        if step % self.steps_per_epoch == 0 and (
+                not self.best or self.last["top1"] > self.best["top1"]):
+            self.best = dict(self.last)
+        best = self.best or self.last
+        log.info("step %d evaluation: top-1 %.2f%%, top-5 %.2f%% (best top-1 %.2f%% at step %d)",
+                 step, self.last["top1"], self.last["top5"], best["top1"], best["step"])
+        return {"top1": self.last["top1"], "top5": self.last["top5"],
+                "best_top1": best["top1"], "best_top5": best["top5"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best), "last": dict(self.last)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.last = dict(state["best"]), dict(state["last"])
+
+
+def fit_classifier(config: ClassifyConfig, runtime: Runtime, *, model: nn.Module,
+                   optimizer: torch.optim.Optimizer, data: ClassifyData,
+                   report: Literal["best", "final"], forward: Forward = cross_entropy,
+                   hooks: Sequence[StepHook] = (),
+                   extras: Mapping[str, Stateful] = {}) -> int:
+    """Train ``model`` on ``data.train`` with :func:`~splathead_recipes.loop.fit`, evaluate it
+    on ``data.val``, print ``top1=XX.XX top5=YY.YY`` (the ``report`` evaluation) last.
+
+    Args:
+        model: the classifier on ``runtime.device``, not DDP-wrapped; parameters without
+            ``requires_grad`` stay as they are.
+        optimizer: over its trainable parameters; each group's ``lr`` is set every step from
+            the warmup + cosine schedule (times the group's ``lr_scale``, if any).
+        report: "best" (the linear probe's convention) or "final" (fine-tuning's).
+        forward: the loss of one micro-batch; plain cross-entropy by default.
+        hooks, extras: more step hooks and checkpointed state, as :func:`fit` takes them.
+
+    Returns 0; raises what :func:`fit` raises.
+    """
+    loader, sampler = build_loader(config, data.train, rank=runtime.rank,
+                                   world_size=runtime.world_size,
+                                   pin_memory=config.pin_memory and runtime.device.type == "cuda")
+    autocast = (torch.autocast(runtime.device.type, dtype=AUTOCAST_DTYPES[config.precision])
+                if config.precision in AUTOCAST_DTYPES else None)
+    evaluation = TopKEvaluation(model, data.val, runtime=runtime, batch_size=loader.batch_size,
+                                num_workers=min(config.num_workers, 2), seed=config.seed,
+                                steps_per_epoch=sampler.steps_per_epoch, autocast=autocast)
+
+    def schedule(step: int) -> float:
+        return learning_rate(step, config=config, steps_per_epoch=sampler.steps_per_epoch)
+
+    status = fit(config, runtime, model=model, optimizer=optimizer, forward=forward,
+                 loader=loader, sampler=sampler, schedule=schedule, hooks=hooks,
+                 evaluation=evaluation, eval_interval=config.eval_every * sampler.steps_per_epoch,
+                 extras={"evaluation": evaluation, **extras})
+    results = (evaluation.best or evaluation.last) if report == "best" else evaluation.last
+    if runtime.is_main and results:
+        write_result(Path(config.output_dir), results, report)
+    return status
+
+
+def write_result(output_dir: Path, results: dict[str, float], report: str) -> None:
+    """Append ``{"event": "result", ...}`` to ``metrics.jsonl`` and print the last line."""
+    line = f"top1={results['top1']:.2f} top5={results['top5']:.2f}"
+    record = {"event": "result", "step": results["step"], "top1": results["top1"],
+              "top5": results["top5"], "report": report, "line": line}
+    with open(output_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    print(line, flush=True)
+
+
+def run_recipe(config: ClassifyConfig, *, validate: Callable[..., None],
+               train: Callable[[Any, Runtime], int]) -> int:
+    """``validate(config, world_size=, cuda_available=)`` then ``train(config, runtime)`` in
+    torchrun's process group; exit status 0 done (or checkpointed on a signal), 1 failed in
+    training, 2 bad settings or checkpoint, found before any training step."""
+    try:
+        validate(config, world_size=distributed.world_size_from_env(),
+                 cuda_available=torch.cuda.is_available())
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    runtime = distributed.setup(config.device, config.backend)
+    setup_logging(runtime.is_main)
+    try:
+        return train(config, runtime)
+    except NonFiniteError as error:
+        log.error("%s", error)
+        return 1
+    except (ConfigError, CheckpointError) as error:
+        log.error("%s", error)
+        return 2
+    finally:
+        distributed.teardown()
