@@ -14,9 +14,13 @@ is the official protocol (:mod:`splathead.bsds`): 99 thresholds by default, maxD
 thinning. It costs 0.1-0.5 s of one CPU core per threshold and annotator (about 30 s per image
 at 99 thresholds), so ``--workers``, ``--nthresh`` and ``--limit`` trade time for completeness.
 
-GMAE edges: each image is resized (bicubic, aspect ratio not kept) to the model's square input,
-reconstructed from all its patches, and :func:`splathead.zeroshot.soft_edges` votes over depth
-layer counts; the edge map is resized back to the image's size bilinearly. ``--checkpoint none``
+GMAE edges: each image is resized (bicubic, aspect ratio not kept) to the model's square input
+and reconstructed as in training: ``--num-masks`` reconstructions at ``--mask-ratio`` (the
+checkpoint's own by default) whose masks together show every patch; ``--mask-ratio 0`` shows all
+patches at once. :func:`splathead.zeroshot.soft_edges` votes over depth layer counts, the edge maps
+of the reconstructions are averaged and resized back to the image's size bilinearly. ``--order
+auto`` (default) picks the model's background end of the depth order once, from the first
+``--batch-size`` images (:func:`splathead.zeroshot.choose_order`), and logs it. ``--checkpoint none``
 builds an untrained ``gmae_vit_tiny`` (a smoke test of the pipeline, not a result).
 Checkpoints are those of ``recipes/gmae_imagenet.py``: ``{"model": state_dict, "config": {...}}``;
 the model is rebuilt from that config by the recipes' shared ``splathead_recipes.models``.
@@ -49,7 +53,9 @@ from splathead.viz import draw_gaussians, save_grid, save_layer_grid
 from splathead.zeroshot import (
     CHANGE_THRESHOLD,
     EDGE_LAYER_COUNTS,
+    choose_order,
     figure_ground,
+    masked_reconstructions,
     render_layers,
     soft_edges,
 )
@@ -112,23 +118,38 @@ def load_model(checkpoint: str, *, img_size: int, device: torch.device) -> torch
 
 
 @torch.no_grad()
-def reconstruct(model, images: list[np.ndarray], device: torch.device):
-    """Model-size inputs ``[b 3 h w]`` in [0, 1] and the model's reconstruction of them."""
+def reconstruct(model, images: list[np.ndarray], args, device: torch.device):
+    """Model-size inputs ``[b 3 h w]`` in [0, 1] and the model's ``--num-masks``
+    reconstructions of them at ``--mask-ratio``."""
     batch = model_input(images, model.img_size).to(device)
-    return batch, model.reconstruct((batch - model.mean) / model.std)
+    outputs = masked_reconstructions(model, (batch - model.mean) / model.std,
+                                     mask_ratio=args.mask_ratio, num_masks=args.num_masks,
+                                     seed=args.mask_seed)
+    return batch, outputs
+
+
+@torch.no_grad()
+def resolve_order(model, images: list[np.ndarray], args, device: torch.device) -> None:
+    """Replace ``--order auto`` by the order :func:`choose_order` reads from ``images``."""
+    if args.order != "auto":
+        return
+    _, outputs = reconstruct(model, images, args, device)
+    choice = choose_order(outputs[0].gaussians.to(torch.float32), model.renderer)
+    log.info("order auto: %s (background score far %.3f, near %.3f, from %d images)",
+             choice.order, choice.far_score, choice.near_score, len(images))
+    args.order = choice.order
 
 
 @torch.no_grad()
 def gmae_edges(model, images: list[np.ndarray], args, device) -> list[np.ndarray]:
-    """Soft edge maps of ``images`` (uint8 ``[h w 3]``, any sizes) at their own sizes."""
-    _, output = reconstruct(model, images, device)
-    edges = soft_edges(
-        output.gaussians.to(torch.float32),
-        model.renderer,
-        layer_counts=args.layer_counts,
-        order=args.order,
-        threshold=args.threshold,
-    )
+    """Soft edge maps of ``images`` (uint8 ``[h w 3]``, any sizes) at their own sizes, averaged
+    over the masked reconstructions."""
+    _, outputs = reconstruct(model, images, args, device)
+    edges = torch.stack([
+        soft_edges(output.gaussians.to(torch.float32), model.renderer,
+                   layer_counts=args.layer_counts, order=args.order, threshold=args.threshold)
+        for output in outputs
+    ]).mean(dim=0)
     resized = [
         F.interpolate(edge_map[None, None], image.shape[:2], mode="bilinear")[0, 0]
         for image, edge_map in zip(images, edges)
@@ -138,8 +159,10 @@ def gmae_edges(model, images: list[np.ndarray], args, device) -> list[np.ndarray
 
 @torch.no_grad()
 def save_figures(model, images: list[np.ndarray], output_dir: Path, args, device) -> None:
-    """Overview (input | render | Gaussians | edges | figure-ground) and depth-layer grids."""
-    batch, output = reconstruct(model, images, device)
+    """Overview (input | render | Gaussians | edges | figure-ground) and depth-layer grids of
+    the first masked reconstruction."""
+    batch, outputs = reconstruct(model, images, args, device)
+    output = outputs[0]
     gaussians, renderer = output.gaussians.to(torch.float32), model.renderer
     edges = soft_edges(gaussians, renderer, layer_counts=args.layer_counts, order=args.order,
                        threshold=args.threshold)
@@ -190,6 +213,9 @@ def run(args: argparse.Namespace) -> int:
     model = None
     if "gmae" in args.methods:
         model = load_model(args.checkpoint, img_size=args.img_size, device=device)
+        check_model_options(args, model)
+        first = [load_image(data_dir / "images" / f"{i}.jpg") for i in ids[: args.batch_size]]
+        resolve_order(model, first, args, device)
     predict(args, ids, model, device)
     if model is not None and args.num_vis:
         shown = ids[: args.num_vis]
@@ -256,11 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     running.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     running.add_argument("--img-size", type=int, default=64, help="input size of --checkpoint none")
-    running.add_argument("--layer-counts", type=int, nargs="+", default=list(EDGE_LAYER_COUNTS))
-    running.add_argument("--order", choices=("back_to_front", "front_to_back"),
-                         default="back_to_front", help="depth order of the layers")
-    running.add_argument("--threshold", type=float, default=CHANGE_THRESHOLD,
-                         help="colour change that makes a layer own a pixel")
+    model_options(running)
     running.add_argument("--batch-size", type=int, default=4, help="images per GMAE call")
     running.add_argument("--vis-layers", type=int, default=4, help="depth layers in layers.png")
     running.add_argument("--num-vis", type=int, default=4, help="images in the figures (0: none)")
@@ -268,6 +290,38 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark_options(running)
     running.set_defaults(handler=run)
     return parser
+
+
+def model_options(command: argparse.ArgumentParser) -> None:
+    """How a GMAE is read: mask regime, depth order, layer settings."""
+    command.add_argument("--mask-ratio", type=float, default=None,
+                         help="patches hidden per reconstruction (default: the checkpoint's "
+                         "training ratio; 0: all patches seen at once)")
+    command.add_argument("--num-masks", type=int, default=4,
+                         help="reconstructions per image whose masks together show every patch "
+                         "(4 at ratio 0.75); their edges are averaged")
+    command.add_argument("--mask-seed", type=int, default=0, help="seed of the masks")
+    command.add_argument("--order", choices=("auto", "back_to_front", "front_to_back"),
+                         default="auto", help="depth order of the layers; auto: the model's "
+                         "background end first (splathead.zeroshot.choose_order)")
+    command.add_argument("--layer-counts", type=int, nargs="+", default=list(EDGE_LAYER_COUNTS))
+    command.add_argument("--threshold", type=float, default=CHANGE_THRESHOLD,
+                         help="colour change that makes a layer own a pixel")
+
+
+def check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 naming the flag when a mask setting is out of range, before any work."""
+    if args.num_masks < 1:
+        parser.error(f"--num-masks must be >= 1, got {args.num_masks}")
+    if args.mask_ratio is not None and not 0 <= args.mask_ratio < 1:
+        parser.error(f"--mask-ratio must lie in [0, 1), got {args.mask_ratio}")
+
+
+def check_model_options(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """Raise ``SystemExit`` when ``--mask-ratio`` leaves ``model`` no visible patch."""
+    if args.mask_ratio and int(model.num_patches * (1 - args.mask_ratio)) < 1:
+        raise SystemExit(f"error: --mask-ratio {args.mask_ratio} leaves none of the model's "
+                         f"{model.num_patches} patches visible")
 
 
 def check_benchmark_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -287,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_benchmark_options(parser, args)
+    if args.command == "run":
+        check_model_flags(parser, args)
     try:
         return args.handler(args)
     except CheckpointError as error:

@@ -16,7 +16,7 @@ from splathead.checks import host_scalars
 from splathead.indexing import batched_gather
 from splathead.typing import Bool, Float, Int, Tensor, typecheck
 
-__all__ = ["PatchMask", "RandomMasking", "gather_tokens", "restore_tokens"]
+__all__ = ["PatchMask", "RandomMasking", "covering_masks", "gather_tokens", "restore_tokens"]
 
 
 @typecheck
@@ -216,6 +216,42 @@ class RandomMasking:
         return PatchMask(
             ids_keep=ids_shuffle[:, :num_kept], ids_restore=torch.argsort(ids_shuffle, dim=1)
         )
+
+
+def covering_masks(
+    ratio: float,
+    batch_size: int,
+    num_patches: int,
+    num_masks: int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> list[PatchMask]:
+    """``num_masks`` masks at ``ratio`` that together show every patch when they can.
+
+    Each image draws one random permutation of its patches; mask ``m`` keeps the window of
+    ``k = int(l * (1 - ratio))`` patches starting at position ``m k`` of it (cyclically). When
+    ``num_masks * k >= l`` every patch is visible in at least one mask (at ratio 0.75, 4 masks
+    are a partition); each mask alone is a uniformly random mask, as :class:`RandomMasking` draws.
+    The noise is drawn on the CPU with ``generator``, so a seed gives the same masks on any device.
+    """
+    if num_masks < 1:
+        raise ValueError(f"num_masks must be >= 1, got {num_masks}")
+    masking = RandomMasking(ratio)
+    num_kept = masking.num_kept(num_patches)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    permutation = torch.argsort(torch.rand(batch_size, num_patches, generator=generator), dim=1)
+    masks = []
+    for index in range(num_masks):
+        # Rank of each patch in this mask: the window starting at index * k comes first.
+        shift = (index * num_kept) % num_patches
+        order = torch.roll(permutation, -shift, dims=1)
+        noise = torch.empty(batch_size, num_patches).scatter_(
+            1, order, torch.arange(num_patches, dtype=torch.float32).expand(batch_size, -1)
+        )
+        masks.append(masking.from_noise(noise.to(device)))
+    return masks
 
 
 @typecheck

@@ -45,7 +45,8 @@ class GMAE(nn.Module):
     expects them; the render and the loss target are in [0, 1] RGB (the input de-normalised,
     clamped against rounding). The stable split of the forward pass, for downstream code:
     :meth:`encode` (visible patches to tokens), :meth:`decode` (tokens to Gaussians),
-    :meth:`render` (Gaussians to image); :meth:`reconstruct` runs them without masking.
+    :meth:`render` (Gaussians to image); :meth:`reconstruct` runs them under a seeded mask (the
+    training ratio by default) or none.
 
     Args:
         encoder: a :class:`~splathead.encoder.MaskedEncoder` module, e.g. a timm ViT or a
@@ -249,11 +250,44 @@ class GMAE(nn.Module):
         return GMAEOutput(loss=loss, image=image, gaussians=gaussians, mask=mask)
 
     @typecheck
-    def reconstruct(self, images: Float[Tensor, "b c h w"]) -> DecoderOutput:
-        """Render normalised ``images`` from all their patches (no masking, no loss)."""
-        ids_keep = torch.arange(self.num_patches, device=images.device)
-        ids_keep = ids_keep.expand(images.shape[0], -1)
-        return self.decoder(self.encode(images, ids_keep), ids_keep=ids_keep)
+    def reconstruct(
+        self,
+        images: Float[Tensor, "b c h w"],
+        mask_ratio: float | None = None,
+        *,
+        mask: PatchMask | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """Render normalised ``images`` from part or all of their patches (no loss).
+
+        By default the encoder sees what it saw in training: a random mask at the model's own
+        ``mask_ratio``, drawn on the CPU from ``generator`` (a fresh one seeded with 0 when
+        ``None``, so the same images give the same render). ``mask_ratio=0.0`` shows every patch
+        in grid order; ``mask`` gives the mask itself (then ``mask_ratio`` must be ``None``).
+        :func:`splathead.masking.covering_masks` draws masks that together show every patch.
+        """
+        self._check_images(images)
+        batch_size = images.shape[0]
+        if mask is not None:
+            if mask_ratio is not None:
+                raise ValueError("give at most one of mask_ratio and mask")
+        elif mask_ratio == 0:
+            ids_keep = torch.arange(self.num_patches, device=images.device)
+            mask = PatchMask(
+                ids_keep=ids_keep.expand(batch_size, -1), ids_restore=ids_keep.expand(batch_size, -1)
+            )
+        else:
+            ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+            if generator is None:
+                generator = torch.Generator().manual_seed(0)
+            noise = torch.rand(batch_size, self.num_patches, generator=generator)
+            mask = RandomMasking(ratio).from_noise(noise.to(images.device))
+        if mask.batch_size != batch_size or mask.num_patches != self.num_patches:
+            raise ValueError(
+                f"mask is for {mask.batch_size} images of {mask.num_patches} patches, expected "
+                f"{batch_size} images of {self.num_patches} patches"
+            )
+        return self.decoder(self.encode(images, mask.ids_keep), ids_keep=mask.ids_keep)
 
     def _check_images(self, images: Tensor) -> None:
         channels, height, width = images.shape[1:]

@@ -11,11 +11,18 @@ layers (GMAE paper, section 6):
   edge map is the fraction of several layer counts (default 4, 8, 16, 32) that see an edge.
 - Figure-ground: the coverage (alpha) of the last layer group(s).
 
-Order. ``order="back_to_front"`` (the default) puts the farthest Gaussians in layer 0, so the
-cumulative renders paint background first and the nearest layer last, like a painter; in the
-paper's figures the background and the large low-frequency Gaussians come first in depth order and
-the object last, so with this default the figure is in the last layers. A model that learned the
-opposite convention is read with ``order="front_to_back"``.
+Order. Nothing in the loss fixes which end of the depth order is the background: one model puts
+its background Gaussians far, another near. ``order="auto"`` (the default) reads it from the
+Gaussians with :func:`choose_order`: the background end is the one whose layer alone covers the
+most of the image with the least structure. ``"back_to_front"`` puts the farthest Gaussians in
+layer 0 (painted first, the nearest layer last); ``"front_to_back"`` the nearest. Functions given
+``"auto"`` decide from the Gaussians they are given (all images of the call together); to fix one
+order per model, call :func:`choose_order` once on some unlabelled images and pass its order.
+
+Several masks. A GMAE reconstructs an image from the quarter of its patches it sees in training;
+:func:`masked_reconstructions` renders ``K`` masked reconstructions whose masks together show every
+patch (:func:`splathead.masking.covering_masks`), and edges / figure-ground of several
+reconstructions are averaged (soft edges) or voted (figure-ground).
 
 Every function takes the :class:`~splathead.render.SplatRenderer` (either backend) that draws the
 Gaussians, and renders all the layer subsets of a call in one batched renderer call: the
@@ -32,22 +39,28 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from splathead.decoder import DecoderOutput
 from splathead.gaussians import Gaussians
+from splathead.masking import covering_masks
 from splathead.render import SplatRenderer
 from splathead.typing import Bool, Float, Int, Tensor, typecheck
 
 __all__ = [
     "DepthLayers",
     "LayerOrder",
+    "OrderChoice",
+    "choose_order",
     "figure_ground",
     "label_edges",
     "layer_groups",
     "layer_labels",
+    "masked_reconstructions",
     "render_layers",
     "soft_edges",
 ]
 
-LayerOrder = Literal["back_to_front", "front_to_back"]
+LayerOrder = Literal["auto", "back_to_front", "front_to_back"]
+FixedOrder = Literal["back_to_front", "front_to_back"]
 
 CHANGE_THRESHOLD = 0.05
 """Default colour change (max over channels, image values in [0, 1]) that makes a layer own a
@@ -78,21 +91,79 @@ def _check_num_layers(num_layers: int, gaussians: Gaussians) -> None:
         )
 
 
+class OrderChoice(NamedTuple):
+    """What :func:`choose_order` decided and why."""
+
+    order: FixedOrder
+    far_score: float
+    """Background score of the farthest layer (coverage minus structure, mean over images)."""
+    near_score: float
+    """The same for the nearest layer."""
+
+
+@typecheck
+def choose_order(
+    gaussians: Gaussians, renderer: SplatRenderer, *, num_layers: int = 4
+) -> OrderChoice:
+    """Which end of the depth order is the background, from unlabelled images' Gaussians.
+
+    Rule: cut each image's Gaussians into ``num_layers`` depth layers and render the farthest and
+    the nearest layer alone. Each end scores ``coverage - structure``: the fraction of pixels it
+    covers (alpha > 0.5) minus the fraction of pixels where its render changes by more than
+    :data:`CHANGE_THRESHOLD` (max over channels) to a 4-neighbour; both are fractions of the
+    image, averaged over the images. A background covers much and is flat; objects cover less and
+    bring their outlines. The end with the higher score is the background and is put first
+    (``"back_to_front"`` when it is the far end, ``"front_to_back"`` when it is the near end;
+    ties go to ``"back_to_front"``).
+    """
+    if num_layers < 2:
+        raise ValueError(f"num_layers must be >= 2 (a far and a near layer), got {num_layers}")
+    _check_num_layers(num_layers, gaussians)
+    groups = layer_groups(gaussians, renderer, num_layers, order="back_to_front")
+    ends = torch.stack([groups == 0, groups == num_layers - 1], dim=1)  # [b 2 n]: far, near
+    images, alphas = _render_subsets(gaussians, renderer, ends)
+    coverage = (alphas[:, :, 0] > 0.5).float().mean(dim=(-2, -1))  # [b 2]
+    structure = _colour_edges(images).float().mean(dim=(-2, -1))
+    far_score, near_score = (coverage - structure).mean(dim=0).tolist()
+    order: FixedOrder = "front_to_back" if near_score > far_score else "back_to_front"
+    return OrderChoice(order=order, far_score=far_score, near_score=near_score)
+
+
+def _colour_edges(images: Float[Tensor, "b m c h w"]) -> Bool[Tensor, "b m h w"]:
+    """Pixels whose colour differs from a 4-neighbour's by more than :data:`CHANGE_THRESHOLD`."""
+    step_x = (images[..., :, 1:] - images[..., :, :-1]).abs().amax(dim=2) > CHANGE_THRESHOLD
+    step_y = (images[..., 1:, :] - images[..., :-1, :]).abs().amax(dim=2) > CHANGE_THRESHOLD
+    edges = F.pad(step_x, (0, 1)) | F.pad(step_x, (1, 0))
+    return edges | F.pad(step_y, (0, 0, 0, 1)) | F.pad(step_y, (0, 0, 1, 0))
+
+
+def _fixed_order(order: LayerOrder, gaussians: Gaussians, renderer: SplatRenderer) -> FixedOrder:
+    """``order``, with ``"auto"`` decided by :func:`choose_order` (at most 4 layers; one Gaussian
+    has no order to choose)."""
+    if order != "auto":
+        return order
+    if gaussians.num_gaussians < 2:
+        return "back_to_front"
+    return choose_order(gaussians, renderer, num_layers=min(4, gaussians.num_gaussians)).order
+
+
 @typecheck
 def layer_groups(
     gaussians: Gaussians,
     renderer: SplatRenderer,
     num_layers: int,
     *,
-    order: LayerOrder = "back_to_front",
+    order: LayerOrder = "auto",
 ) -> Int[Tensor, "b n"]:
     """The depth layer of every Gaussian: its rank in ``order`` cut into ``num_layers`` groups.
 
     Groups are equal when ``num_layers`` divides ``n`` and differ by at most one Gaussian
     otherwise (rank ``r`` goes to group ``floor(r * num_layers / n)``). Depth is the camera z of
-    the centre under ``renderer.camera``, ties broken by index (stable sort).
+    the centre under ``renderer.camera``, ties broken by index (stable sort); ``"auto"``
+    decides with :func:`choose_order`.
     """
     _check_num_layers(num_layers, gaussians)
+    order = _fixed_order(order, gaussians, renderer)
     n = gaussians.num_gaussians
     sorted_ids = gaussians.depth_order(renderer.camera, front_to_back=order == "front_to_back")
     ranks = torch.empty_like(sorted_ids)
@@ -126,7 +197,7 @@ def render_layers(
     renderer: SplatRenderer,
     num_layers: int,
     *,
-    order: LayerOrder = "back_to_front",
+    order: LayerOrder = "auto",
 ) -> DepthLayers:
     """Render each of ``num_layers`` depth layers alone and the cumulative prefix renders
     (``2 num_layers + 1`` images per input image, one renderer call)."""
@@ -182,7 +253,7 @@ def soft_edges(
     renderer: SplatRenderer,
     *,
     layer_counts: Sequence[int] = EDGE_LAYER_COUNTS,
-    order: LayerOrder = "back_to_front",
+    order: LayerOrder = "auto",
     threshold: float = CHANGE_THRESHOLD,
 ) -> Float[Tensor, "b h w"]:
     """Edge strength in [0, 1]: the fraction of ``layer_counts`` whose layer labels
@@ -193,6 +264,7 @@ def soft_edges(
     """
     if not layer_counts:
         raise ValueError("layer_counts must hold at least one layer count")
+    order = _fixed_order(order, gaussians, renderer)
     masks = []
     for num_layers in layer_counts:
         groups = layer_groups(gaussians, renderer, num_layers, order=order)
@@ -213,13 +285,13 @@ def figure_ground(
     num_layers: int = 4,
     num_front_layers: int = 1,
     alpha_threshold: float = 0.5,
-    order: LayerOrder = "back_to_front",
+    order: LayerOrder = "auto",
 ) -> Bool[Tensor, "b h w"]:
     """Foreground mask: where the last ``num_front_layers`` of ``num_layers`` depth layers,
     rendered together alone, cover the pixel with alpha above ``alpha_threshold``.
 
-    With the default ``order`` the last layers are the nearest Gaussians. The defaults (the
-    front quarter, alpha 0.5) are a starting point, not tuned.
+    The last layers are those painted last in ``order`` (the front). The defaults (the front
+    quarter, alpha 0.5) are a starting point, not tuned.
     """
     if not 1 <= num_front_layers <= num_layers:
         raise ValueError(
@@ -231,3 +303,27 @@ def figure_ground(
     front = groups >= num_layers - num_front_layers
     _, alpha = _render_subsets(gaussians, renderer, front[:, None, :])
     return alpha[:, 0, 0] > alpha_threshold
+
+
+@torch.no_grad()
+def masked_reconstructions(
+    model: torch.nn.Module,
+    images: Float[Tensor, "b c h w"],
+    *,
+    mask_ratio: float | None = None,
+    num_masks: int = 1,
+    seed: int = 0,
+) -> list[DecoderOutput]:
+    """``num_masks`` reconstructions of normalised ``images`` by a :class:`~splathead.GMAE`.
+
+    At ``mask_ratio`` (the model's training ratio when ``None``) the masks come from
+    :func:`~splathead.masking.covering_masks` seeded with ``seed``: together they show every
+    patch when ``num_masks * visible >= patches`` (4 masks at ratio 0.75). ``mask_ratio=0`` shows
+    every patch once, whatever ``num_masks``.
+    """
+    ratio = model.mask_ratio if mask_ratio is None else mask_ratio
+    if ratio == 0:
+        return [model.reconstruct(images, 0.0)]
+    masks = covering_masks(ratio, images.shape[0], model.num_patches, num_masks,
+                           device=images.device, generator=torch.Generator().manual_seed(seed))
+    return [model.reconstruct(images, mask=mask) for mask in masks]

@@ -6,7 +6,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from splathead.mask_formats import from_lightly, from_mae, to_lightly, to_mae
-from splathead.masking import PatchMask, RandomMasking, gather_tokens, restore_tokens
+from splathead.masking import (
+    PatchMask,
+    RandomMasking,
+    covering_masks,
+    gather_tokens,
+    restore_tokens,
+)
 
 
 def mae_random_masking(tokens, mask_ratio, noise):
@@ -301,3 +307,36 @@ def test_gather_tokens_selects_per_image_rows():
     ids = torch.tensor([[8, 0], [4, 4], [1, 2]])
 
     assert torch.equal(gather_tokens(tokens, ids), tokens[torch.arange(3)[:, None], ids])
+
+
+@given(
+    num_patches=st.integers(4, 64),
+    ratio=st.sampled_from([0.5, 0.75, 0.9]),
+    num_masks=st.integers(1, 12),
+    seed=st.integers(0, 100),
+)
+def test_covering_masks_show_every_patch_when_they_have_room(num_patches, ratio, num_masks, seed):
+    num_kept = int(num_patches * (1 - ratio))
+    assume(num_kept >= 1)
+    masks = covering_masks(ratio, 3, num_patches, num_masks,
+                           generator=torch.Generator().manual_seed(seed))
+    assert len(masks) == num_masks
+    assert all(mask.num_kept == num_kept for mask in masks)
+    for mask in masks:
+        mask.validate()
+    seen = torch.stack([~mask.mask for mask in masks]).any(dim=0)
+    if num_masks * num_kept >= num_patches:
+        assert seen.all()
+    else:
+        assert seen.sum(dim=1).eq(num_masks * num_kept).all()  # the windows do not overlap
+
+
+def test_covering_masks_at_three_quarters_are_a_partition():
+    masks = covering_masks(0.75, 2, 16, 4, generator=torch.Generator().manual_seed(0))
+    visible = torch.stack([~mask.mask for mask in masks]).sum(dim=0)
+    assert visible.eq(1).all()
+
+
+def test_covering_masks_need_one_mask():
+    with pytest.raises(ValueError, match="num_masks"):
+        covering_masks(0.75, 2, 16, 0)

@@ -144,12 +144,40 @@ def test_mask_for_another_grid_is_rejected():
         model(normalised_images(), mask=RandomMasking(0.5)(2, NUM_PATCHES + 1))
 
 
-def test_reconstruct_equals_forward_with_nothing_hidden():
+def test_reconstruct_at_ratio_zero_equals_forward_with_nothing_hidden():
     model = tiny(loss="full", mask_ratio=0.0).eval()
     images = normalised_images()
     nothing_hidden = PatchMask.from_bool_mask(torch.zeros(2, NUM_PATCHES, dtype=torch.bool))
-    reconstruction = model.reconstruct(images)
+    reconstruction = model.reconstruct(images, 0.0)
     torch.testing.assert_close(reconstruction.image, model(images, mask=nothing_hidden).image)
+
+
+def test_reconstruct_defaults_to_the_training_ratio_with_a_seeded_mask():
+    model = tiny(mask_ratio=0.75).eval()
+    images = normalised_images()
+    with torch.no_grad():
+        first, again = model.reconstruct(images), model.reconstruct(images)
+        # The default mask is RandomMasking(0.75) on noise from a generator seeded with 0.
+        noise = torch.rand(2, NUM_PATCHES, generator=torch.Generator().manual_seed(0))
+        expected = model(images, noise=noise)
+        other = model.reconstruct(images, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(first.image, again.image)
+    torch.testing.assert_close(first.image, expected.image)
+    assert expected.mask.num_kept == NUM_PATCHES // 4
+    assert not torch.allclose(first.image, other.image)
+
+
+def test_reconstruct_with_a_given_mask_equals_forward_with_it():
+    model = tiny().eval()
+    images = normalised_images()
+    mask = RandomMasking(0.5)(2, NUM_PATCHES, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model.reconstruct(images, mask=mask).image,
+                                   model(images, mask=mask).image)
+    with pytest.raises(ValueError, match="at most one"):
+        model.reconstruct(images, 0.5, mask=mask)
+    with pytest.raises(ValueError, match=f"{NUM_PATCHES} patches"):
+        model.reconstruct(images, mask=RandomMasking(0.5)(2, NUM_PATCHES + 1))
 
 
 def test_encode_decode_render_split_equals_forward():

@@ -11,10 +11,12 @@ from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.render import SplatRenderer
 from splathead.zeroshot import (
+    choose_order,
     figure_ground,
     label_edges,
     layer_groups,
     layer_labels,
+    masked_reconstructions,
     render_layers,
     soft_edges,
 )
@@ -84,7 +86,7 @@ TWO_DEPTHS = isotropic(
 
 
 def test_figure_ground_is_the_front_gaussians_footprint():
-    mask = figure_ground(TWO_DEPTHS, renderer(), num_layers=2, num_front_layers=1)
+    mask = figure_ground(TWO_DEPTHS, renderer(), num_layers=2, order="back_to_front")
     expected = footprint((0.25, 0.1), 0.15, 1.0, level=0.5)
     assert torch.equal(mask[0], expected)
 
@@ -122,7 +124,7 @@ def test_layers_composited_over_each_other_give_the_full_render(seed, num_layers
     # Opacity <= 0.6 over 6 Gaussians keeps transmittance above gsplat's 1e-4 stop, where
     # compositing separately rendered depth slices is exact.
     gaussians = random_gaussians(seed, n=6, max_opacity=0.6)
-    layers = render_layers(gaussians, renderer(), num_layers)
+    layers = render_layers(gaussians, renderer(), num_layers, order="back_to_front")
     background = layers.empty
     composite = background
     for image, alpha in zip(layers.layers.unbind(1), layers.layer_alpha.unbind(1)):
@@ -134,7 +136,7 @@ def test_layers_composited_over_each_other_give_the_full_render(seed, num_layers
 @given(seed=st.integers(0, 2**16), num_layers=st.integers(1, 12))
 def test_layer_groups_are_equal_sized_depth_slices(seed, num_layers):
     gaussians = random_gaussians(seed, n=12)
-    groups = layer_groups(gaussians, renderer(), num_layers)
+    groups = layer_groups(gaussians, renderer(), num_layers, order="back_to_front")
     depths = gaussians.camera_depths(CAMERA)
     for image in range(gaussians.batch_size):
         sizes = torch.bincount(groups[image], minlength=num_layers)
@@ -180,8 +182,63 @@ def test_backends_agree_on_figure_ground_and_edges():
     gaussians = random_gaussians(3, n=16).to("cuda")
     torch_renderer, gsplat_renderer = renderer("torch").cuda(), renderer("gsplat").cuda()
     assert torch.equal(
-        figure_ground(gaussians, torch_renderer), figure_ground(gaussians, gsplat_renderer)
+        figure_ground(gaussians, torch_renderer, order="back_to_front"),
+        figure_ground(gaussians, gsplat_renderer, order="back_to_front"),
     )
-    torch_edges = soft_edges(gaussians, torch_renderer, layer_counts=(2, 4))
-    gsplat_edges = soft_edges(gaussians, gsplat_renderer, layer_counts=(2, 4))
+    torch_edges = soft_edges(gaussians, torch_renderer, layer_counts=(2, 4), order="back_to_front")
+    gsplat_edges = soft_edges(gaussians, gsplat_renderer, layer_counts=(2, 4),
+                              order="back_to_front")
     assert (torch_edges != gsplat_edges).float().mean() < 0.01
+
+
+def leaves_scene(background_depth: float) -> Gaussians:
+    """A flat grey background of 4 large Gaussians at ``background_depth`` and 12 small
+    coloured objects at the opposite depth: with 4 layers, one end layer is the background."""
+    background = [(-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5)]
+    objects = [(-0.6 + 0.4 * (i % 4), -0.6 + 0.6 * (i // 4)) for i in range(12)]
+    colours = [[1.0, 0.0, 0.0], [0.0, 0.8, 0.0], [0.0, 0.0, 1.0]]
+    return isotropic(
+        centres=background + objects,
+        scales=[0.8] * 4 + [0.06] * 12,
+        depths=[background_depth + 0.01 * i for i in range(4)] + [-background_depth] * 12,
+        colors=[[0.5, 0.5, 0.5]] * 4 + [colours[i % 3] for i in range(12)],
+        opacities=[1.0] * 16,
+    )
+
+
+@pytest.mark.parametrize(("background_depth", "expected"),
+                         [(0.8, "back_to_front"), (-0.8, "front_to_back")])
+def test_auto_order_puts_the_background_first_whichever_end_it_is(background_depth, expected):
+    scene = leaves_scene(background_depth)
+    choice = choose_order(scene, renderer())
+    assert choice.order == expected
+    background_score, object_score = choice.far_score, choice.near_score
+    if expected == "front_to_back":
+        background_score, object_score = object_score, background_score
+    assert background_score > 0.5 > object_score
+    # With the order chosen, the front layer is the objects, not the background.
+    objects_alpha = renderer()(scene.where(torch.arange(16)[None] >= 4)).alpha[0, 0]
+    figure = figure_ground(scene, renderer(), num_layers=4, num_front_layers=3)[0]
+    assert torch.equal(figure, objects_alpha > 0.5)
+
+
+def test_choose_order_needs_two_layers():
+    with pytest.raises(ValueError, match="num_layers must be >= 2"):
+        choose_order(leaves_scene(0.8), renderer(), num_layers=1)
+
+
+def test_masked_reconstructions_use_covering_masks_and_ratio_zero_once():
+    from splathead import gmae_vit_tiny
+
+    torch.manual_seed(0)
+    model = gmae_vit_tiny(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                          decoder_embed_dim=32, decoder_depth=1, num_queries=16,
+                          backend="torch").eval()
+    images = torch.rand(2, 3, 32, 32)
+    outputs = masked_reconstructions(model, images, num_masks=4, seed=1)
+    assert len(outputs) == 4
+    assert len(masked_reconstructions(model, images, mask_ratio=0.0, num_masks=4)) == 1
+    again = masked_reconstructions(model, images, num_masks=4, seed=1)
+    for first, second in zip(outputs, again):
+        torch.testing.assert_close(first.image, second.image)
+    assert not torch.allclose(outputs[0].image, outputs[1].image)
