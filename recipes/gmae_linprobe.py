@@ -21,15 +21,13 @@ import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from timm.optim import Lars
 from torch import nn
 
-from shapes_task import write_shapes_task
-from splathead_recipes import distributed
 from splathead_recipes.classify import (
-    ClassifyConfig, build_classify_data, fit_classifier, run_recipe, validate_classify)
+    ClassifyConfig, build_classify_data, fit_classifier, run_recipe, validate_classify,
+    write_demo_data, writes_demo_data)
 from splathead_recipes.config import ConfigError, parse_with, parser_for
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import attach_head, load_encoder
@@ -45,9 +43,6 @@ class LinprobeConfig(ClassifyConfig):
     """Every setting of a linear probe; the ``paper`` preset is MAE's protocol."""
 
     momentum: float = dataclasses.field(default=0.9, metadata={"help": "LARS momentum"})
-    make_demo_data: bool = dataclasses.field(
-        default=False, metadata={"help": "write the shapes task (recipes/shapes_task.py) to "
-                                         "--data-path first when that folder does not exist"})
 
 
 PRESETS: dict[str, LinprobeConfig] = {
@@ -79,11 +74,6 @@ def validate_linprobe(config: LinprobeConfig, *, world_size: int, cuda_available
                       check_data=not writes_demo_data(config))
 
 
-def writes_demo_data(config: LinprobeConfig) -> bool:
-    return (config.make_demo_data and config.data_path is not None
-            and not Path(config.data_path).exists())
-
-
 def build_probe(config: LinprobeConfig, num_classes: int) -> nn.Module:
     """The frozen encoder with MAE's probe head: ``BatchNorm1d(affine=False, eps=1e-6)`` then
     ``Linear`` (weights N(0, 0.01) truncated at 2 std, bias 0); only the head trains."""
@@ -110,11 +100,7 @@ def build_lars(probe: nn.Module, config: LinprobeConfig) -> Lars:
 
 
 def train(config: LinprobeConfig, runtime: Runtime) -> int:
-    if writes_demo_data(config):
-        if runtime.is_main:
-            log.info("writing the shapes task to %s/ (recipes/shapes_task.py)", config.data_path)
-            write_shapes_task(Path(config.data_path))
-        distributed.barrier()
+    write_demo_data(config, runtime)
     data = build_classify_data(config)
     seed_everything(config.seed)  # the same head on every rank
     probe = build_probe(config, data.num_classes).to(runtime.device)

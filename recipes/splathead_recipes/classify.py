@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from shapes_task import write_shapes_task
 from splathead_recipes import distributed
 from splathead_recipes.checkpoint import CheckpointError
 from splathead_recipes.config import ConfigError, check_devices, check_fields, check_output
@@ -75,6 +76,8 @@ class ClassifyConfig:
     jpeg_draft: bool = _opt(True, "decode a JPEG at 1/2, 1/4 or 1/8 size when the crop allows")
     num_workers: int = _opt(10, "data loader processes per GPU")
     pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
+    make_demo_data: bool = _opt(False, "write the shapes task (recipes/shapes_task.py) to "
+                                "--data-path first when that folder does not exist")
 
     # Optimisation.
     batch_size: int = _opt(1024, "global batch: world size x per-GPU batch x accum steps")
@@ -166,6 +169,22 @@ def validate_classify(config: ClassifyConfig, *, world_size: int, cuda_available
             raise ConfigError(problem)
 
 
+def writes_demo_data(config: ClassifyConfig) -> bool:
+    """Whether the run writes the shapes task to ``--data-path`` before it starts."""
+    return (config.make_demo_data and config.data_path is not None
+            and not Path(config.data_path).exists())
+
+
+def write_demo_data(config: ClassifyConfig, runtime: Runtime) -> None:
+    """Rank 0 writes the shapes task to ``--data-path`` when :func:`writes_demo_data`; every
+    rank waits for it. Collective."""
+    if writes_demo_data(config):
+        if runtime.is_main:
+            log.info("writing the shapes task to %s/ (recipes/shapes_task.py)", config.data_path)
+            write_shapes_task(Path(config.data_path))
+        distributed.barrier()
+
+
 @dataclass(frozen=True)
 class ClassifyData:
     train: SafeImageFolder  # (index, seed) items: RandomResizedCrop + flip
@@ -173,12 +192,13 @@ class ClassifyData:
     num_classes: int
 
 
-def build_classify_data(config: ClassifyConfig) -> ClassifyData:
+def build_classify_data(config: ClassifyConfig, *, crop: Any = None) -> ClassifyData:
     """``train/`` and ``val/`` of ``--data-path``; :class:`ConfigError` for an empty folder or
-    other classes in ``val/`` than in ``train/``."""
+    other classes in ``val/`` than in ``train/``. ``crop``: the training images' crop, with
+    :class:`~splathead_recipes.crops.TrainCrop`'s calls (None: that one, from the config)."""
     root = Path(config.data_path)
     try:
-        train = SafeImageFolder(root / "train", train_crop(config))
+        train = SafeImageFolder(root / "train", crop or train_crop(config))
         val = SafeImageFolder(root / "val", CentreCrop(config.img_size))
     except FileNotFoundError as error:
         raise ConfigError(f"--data-path {config.data_path}: {error}; expected "
@@ -216,12 +236,14 @@ class TopKEvaluation:
     Args:
         model: the classifier (not DDP-wrapped: ranks may evaluate different numbers of images).
         steps_per_epoch: optimiser steps per epoch (which evaluations end an epoch).
+        name: what the log line calls the classifier ("" for the one being trained).
     """
 
     def __init__(self, model: nn.Module, dataset: SafeImageFolder, *, runtime: Runtime,
                  batch_size: int, num_workers: int, seed: int, steps_per_epoch: int,
-                 autocast: Any = None) -> None:
+                 autocast: Any = None, name: str = "") -> None:
         self.model = model
+        self.name = name
         self.steps_per_epoch = steps_per_epoch
         self.runtime = runtime
         self.autocast = autocast
@@ -247,8 +269,8 @@ class TopKEvaluation:
                 not self.best or self.last["top1"] > self.best["top1"]):
             self.best = dict(self.last)
         best = self.best or self.last
-        log.info("step %d evaluation: top-1 %.2f%%, top-5 %.2f%% (best top-1 %.2f%% at step %d)",
-                 step, self.last["top1"], self.last["top5"], best["top1"], best["step"])
+        log.info("step %d evaluation%s: top-1 %.2f%%, top-5 %.2f%% (best top-1 %.2f%% at step "
+                 "%d)", step, f" of {self.name}" if self.name else "", self.last["top1"], self.last["top5"], best["top1"], best["step"])
         return {"top1": self.last["top1"], "top5": self.last["top5"],
                 "best_top1": best["top1"], "best_top5": best["top5"]}
 
@@ -263,7 +285,8 @@ def fit_classifier(config: ClassifyConfig, runtime: Runtime, *, model: nn.Module
                    optimizer: torch.optim.Optimizer, data: ClassifyData,
                    report: Literal["best", "final"], forward: Forward = cross_entropy,
                    hooks: Sequence[StepHook] = (),
-                   extras: Mapping[str, Stateful] = {}) -> int:
+                   extras: Mapping[str, Stateful] = {},
+                   also_evaluate: Mapping[str, nn.Module] = {}) -> int:
     """Train ``model`` on ``data.train`` with :func:`~splathead_recipes.loop.fit`, evaluate it
     on ``data.val``, print ``top1=XX.XX top5=YY.YY`` (the ``report`` evaluation) last.
 
@@ -275,6 +298,9 @@ def fit_classifier(config: ClassifyConfig, runtime: Runtime, *, model: nn.Module
         report: "best" (the linear probe's convention) or "final" (fine-tuning's).
         forward: the loss of one micro-batch; plain cross-entropy by default.
         hooks, extras: more step hooks and checkpointed state, as :func:`fit` takes them.
+        also_evaluate: more classifiers scored on ``val/`` at each evaluation (e.g. an average
+            of the weights), by name: their results join the same records as
+            ``<name>_top1``, ``<name>_top5``, ``<name>_best_top1``...
 
     Returns 0; raises what :func:`fit` raises.
     """
@@ -283,17 +309,32 @@ def fit_classifier(config: ClassifyConfig, runtime: Runtime, *, model: nn.Module
                                    pin_memory=config.pin_memory and runtime.device.type == "cuda")
     autocast = (torch.autocast(runtime.device.type, dtype=AUTOCAST_DTYPES[config.precision])
                 if config.precision in AUTOCAST_DTYPES else None)
-    evaluation = TopKEvaluation(model, data.val, runtime=runtime, batch_size=loader.batch_size,
-                                num_workers=min(config.num_workers, 2), seed=config.seed,
-                                steps_per_epoch=sampler.steps_per_epoch, autocast=autocast)
+    def scorer(classifier: nn.Module, name: str = "") -> TopKEvaluation:
+        return TopKEvaluation(classifier, data.val, runtime=runtime,
+                              batch_size=loader.batch_size,
+                              num_workers=min(config.num_workers, 2), seed=config.seed,
+                              steps_per_epoch=sampler.steps_per_epoch, autocast=autocast,
+                              name=name)
+
+    evaluation = scorer(model)
+    others = {name: scorer(classifier, name) for name, classifier in also_evaluate.items()}
+
+    def evaluate_all(step: int) -> dict[str, float]:
+        results = evaluation(step)
+        for name, other in others.items():
+            results.update({f"{name}_{key}": value for key, value in other(step).items()})
+        return results
 
     def schedule(step: int) -> float:
         return learning_rate(step, config=config, steps_per_epoch=sampler.steps_per_epoch)
 
     status = fit(config, runtime, model=model, optimizer=optimizer, forward=forward,
                  loader=loader, sampler=sampler, schedule=schedule, hooks=hooks,
-                 evaluation=evaluation, eval_interval=config.eval_every * sampler.steps_per_epoch,
-                 extras={"evaluation": evaluation, **extras})
+                 evaluation=evaluate_all,
+                 eval_interval=config.eval_every * sampler.steps_per_epoch,
+                 extras={"evaluation": evaluation,
+                         **{f"evaluation_{name}": other for name, other in others.items()},
+                         **extras})
     results = (evaluation.best or evaluation.last) if report == "best" else evaluation.last
     if runtime.is_main and results:
         write_result(Path(config.output_dir), results, report)
