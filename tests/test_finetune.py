@@ -156,3 +156,17 @@ def test_ema_hook_averages_after_each_step_and_round_trips():
     restored = EmaHook(torch.nn.Linear(3, 2), decay=0.5, warmup=False)
     restored.load_state_dict(hook.state_dict())
     torch.testing.assert_close(restored.module.weight, hook.module.weight)
+
+
+def test_augmented_crop_runs_randaugment_at_full_magnitude_where_pillow_refuses_posterize():
+    """Magnitude 10 asks PosterizeIncreasing for 0 bits, which Pillow 13 refuses; the crop
+    gives the black image older Pillows gave."""
+    pixels = torch.from_numpy(np.array(_photo(1))).permute(2, 0, 1).contiguous()
+    policy = "rand-m10-n2-mstd0-inc1"
+    crop = AugmentedCrop(32, auto_augment=policy)
+    crops = [crop.from_pixels(pixels, seed) for seed in range(64)]
+    assert all(image.shape == (3, 32, 32) for image in crops)
+    (op,) = [op for op in crop.transform.transforms[2].ops if op.name == "PosterizeIncreasing"]
+    assert op.level_fn(10, op.hparams) == (0,)
+    assert np.array(op.aug_fn(_photo(1), 0)).max() == 0
+    assert np.array_equal(np.array(op.aug_fn(_photo(1), 4)), np.array(_photo(1)) & 0xF0)
