@@ -1,8 +1,8 @@
 """Linear probe of a frozen encoder, MAE's protocol: one process per GPU under torchrun, or CPU.
 
-    python recipes/gmae_linprobe.py --preset demo                 # shapes task, CPU, ~1 minute
+    python recipes/gmae_linprobe.py --preset demo                 # shapes task, CPU, minutes
     torchrun --nproc_per_node 8 recipes/gmae_linprobe.py --data-path /imagenet \\
-        --checkpoint runs/gmae_vit_base_patch16/checkpoint-00500000.pt --accum-steps 4
+        --checkpoint runs/gmae_vit_base_patch16/checkpoint-00500400.pt --accum-steps 4
     python recipes/gmae_linprobe.py --help                        # every setting
 
 The encoder (``--checkpoint``: a pretraining checkpoint, an exported encoder or ``none``) stays
@@ -54,8 +54,10 @@ PRESETS: dict[str, LinprobeConfig] = {
     "demo": LinprobeConfig(
         checkpoint="none", model="gmae_vit_tiny", img_size=32, patch_size=4,
         data_path=DEMO_DATA, make_demo_data=True, crop_scale=(0.5, 1.0), batch_size=256,
-        blr=0.1, weight_decay=0.0, warmup_epochs=1.0, epochs=8, precision="fp32", device="cpu",
-        num_workers=1, output_dir="runs/linprobe_demo", eval_every=1, log_every=4,
+        # The paper's absolute lr: LARS steps are lr x 0.001 of the weights' norm whatever the
+        # batch, and the demo has 56 steps where ImageNet has 7000 (docs/evaluation.md).
+        lr=6.4, weight_decay=0.0, warmup_epochs=1.0, epochs=8, precision="fp32", device="cpu",
+        num_workers=1, output_dir="runs/linprobe_demo", eval_every=2, log_every=4,
         checkpoint_every=1000),
 }
 

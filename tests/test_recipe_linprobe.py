@@ -26,7 +26,8 @@ def shapes(tmp_path_factory):
 def flags(shapes, output_dir, *more):
     return ["--preset", "demo", "--data-path", str(shapes), "--model", "gmae_vit_tiny",
             "--patch-size", "8", "--batch-size", "8", "--num-workers", "0", "--log-every", "1",
-            "--epochs", "2", "--warmup-epochs", "1", "--output-dir", str(output_dir), *more]
+            "--epochs", "2", "--warmup-epochs", "1", "--eval-every", "1",
+            "--output-dir", str(output_dir), *more]
 
 
 def records(output_dir):

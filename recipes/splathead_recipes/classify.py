@@ -38,7 +38,8 @@ from splathead_recipes import distributed
 from splathead_recipes.checkpoint import CheckpointError
 from splathead_recipes.config import ConfigError, check_devices, check_fields, check_output
 from splathead_recipes.crops import CentreCrop
-from splathead_recipes.data import Batch, SafeImageFolder, build_loader, collate, train_crop
+from splathead_recipes.data import (
+    Batch, SafeImageFolder, build_loader, collate, stop_workers, train_crop)
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import known_model
 from splathead_recipes.eval_step import evaluate
@@ -252,6 +253,7 @@ class TopKEvaluation:
         self.loader = DataLoader(dataset, batch_size=batch_size,
                                  sampler=[(index, 0) for index in indices],
                                  num_workers=num_workers, collate_fn=collate,
+                                 persistent_workers=num_workers > 0,
                                  generator=torch.Generator().manual_seed(seed))
         self.best: dict[str, float] = {}
         self.last: dict[str, float] = {}
@@ -328,13 +330,17 @@ def fit_classifier(config: ClassifyConfig, runtime: Runtime, *, model: nn.Module
     def schedule(step: int) -> float:
         return learning_rate(step, config=config, steps_per_epoch=sampler.steps_per_epoch)
 
-    status = fit(config, runtime, model=model, optimizer=optimizer, forward=forward,
-                 loader=loader, sampler=sampler, schedule=schedule, hooks=hooks,
-                 evaluation=evaluate_all,
-                 eval_interval=config.eval_every * sampler.steps_per_epoch,
-                 extras={"evaluation": evaluation,
-                         **{f"evaluation_{name}": other for name, other in others.items()},
-                         **extras})
+    try:
+        status = fit(config, runtime, model=model, optimizer=optimizer, forward=forward,
+                     loader=loader, sampler=sampler, schedule=schedule, hooks=hooks,
+                     evaluation=evaluate_all,
+                     eval_interval=config.eval_every * sampler.steps_per_epoch,
+                     extras={"evaluation": evaluation,
+                             **{f"evaluation_{name}": other for name, other in others.items()},
+                             **extras})
+    finally:
+        for scored in (evaluation, *others.values()):
+            stop_workers(scored.loader)
     results = (evaluation.best or evaluation.last) if report == "best" else evaluation.last
     if runtime.is_main and results:
         write_result(Path(config.output_dir), results, report)
