@@ -25,7 +25,26 @@ Every image draws from its own generator (seed, split, index), so the same flags
 files and the number of training images never changes the test set. Shapes are drawn without
 anti-aliasing, so the masks are exact.
 
-**Score.** See :func:`score`.
+**Score.** ``score`` reads ``DIR/test``, reconstructs every test image with the checkpoint's GMAE
+the way it was trained (``--num-masks`` reconstructions at ``--mask-ratio``, the checkpoint's
+own by default, whose masks together show every patch; see ``recipes/zeroshot_bsds.py``) and
+prints one markdown table:
+
+- figure-ground IoU (mean over images) of :func:`splathead.zeroshot.figure_ground` (the front
+  ``1/--num-layers`` of the depth order, alpha > 0.5, voted over the masks) with the front object;
+- edge ODS of the averaged :func:`splathead.zeroshot.soft_edges` against the occlusion boundaries
+  (:mod:`splathead.bsds`, ``--max-dist`` of the diagonal, also stated in pixels);
+- render MSE of the reconstructions (model size, [0, 1] RGB);
+- baselines: "everything" (the whole image is figure), "centre disc" (a centred disc of the test
+  set's mean front-object area), Sobel on the input (edges), and the control: the same Gaussians
+  with their depths shuffled among them (5 shuffles, mean), which keeps every 2D footprint and
+  colour and destroys only the depth order;
+- comparison rows: the other fixed order, and all patches at once (``--mask-ratio 0``).
+
+The order is ``--order auto`` by default: :func:`splathead.zeroshot.choose_order` on the first
+``--batch-size`` *training* images (no labels), logged and named in the table. The last line is
+``iou=X iou_shuffled=Y ods=Z ods_shuffled=W`` for the default settings. Images are resized
+(bicubic) to the model's input and the maps back (bilinear) to the data's size.
 """
 
 from __future__ import annotations
@@ -38,10 +57,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
-from skimage.draw import ellipse, polygon
+from skimage.draw import disk, ellipse, polygon
+from zeroshot_bsds import load_model, model_input, model_options, sobel_edges
+
+from splathead.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_image, summarize
+from splathead.gaussians import Gaussians
+from splathead.zeroshot import choose_order, figure_ground, masked_reconstructions, soft_edges
+from splathead_recipes.checkpoint import CheckpointError
 
 SHAPES = ("disc", "ellipse", "rectangle", "triangle")
+NUM_SHUFFLES = 5
 MIN_COLOUR_DISTANCE = 0.25
 """Least largest-channel difference (colours in [0, 1]) between any two surfaces of a scene."""
 _SPLITS = {"train": 0, "test": 1}
@@ -146,6 +174,162 @@ def make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_pngs(folder: Path, ids: list[str]) -> np.ndarray:
+    return np.stack([np.array(Image.open(folder / f"{image_id}.png")) for image_id in ids])
+
+
+@dataclass
+class Analysis:
+    """What one way of reading the model gives on the test set."""
+
+    figure: np.ndarray  # [n h w] bool, the data's size
+    edges: np.ndarray  # [n h w] in [0, 1]
+    mse: float
+
+
+def shuffle_depths(gaussians: Gaussians, generator: torch.Generator) -> Gaussians:
+    """The same Gaussians with their centres' depths (z) permuted within each image: every 2D
+    footprint and colour stays (orthographic camera), only the depth order changes."""
+    batch, count = gaussians.means.shape[:2]
+    permutation = torch.argsort(torch.rand(batch, count, generator=generator), dim=1)
+    depths = torch.gather(gaussians.means[..., 2], 1, permutation.to(gaussians.means.device))
+    return gaussians.replace(means=torch.cat([gaussians.means[..., :2], depths[..., None]], -1))
+
+
+@torch.no_grad()
+def analyse(model, images: np.ndarray, args, *, order: str, mask_ratio: float | None,
+            shuffle_seed: int | None = None) -> Analysis:
+    """Figure-ground, soft edges and render MSE of ``images`` (uint8 ``[n h w 3]``)."""
+    size = images.shape[1:3]
+    figures, edges, errors = [], [], []
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    for start in range(0, len(images), args.batch_size):
+        batch = model_input(list(images[start : start + args.batch_size]), model.img_size)
+        outputs = masked_reconstructions(model, (batch - model.mean) / model.std,
+                                         mask_ratio=mask_ratio, num_masks=args.num_masks,
+                                         seed=args.mask_seed)
+        votes, soft = [], []
+        for output in outputs:
+            gaussians = output.gaussians.to(torch.float32)
+            if generator is not None:
+                gaussians = shuffle_depths(gaussians, generator)
+            votes.append(figure_ground(gaussians, model.renderer, num_layers=args.num_layers,
+                                       order=order).float())
+            soft.append(soft_edges(gaussians, model.renderer, layer_counts=args.layer_counts,
+                                   order=order, threshold=args.threshold))
+            errors.append(((output.image - batch) ** 2).mean(dim=(1, 2, 3)))
+        vote = F.interpolate(torch.stack(votes).mean(0)[:, None], size, mode="bilinear")
+        soft_map = F.interpolate(torch.stack(soft).mean(0)[:, None], size, mode="bilinear")
+        figures.append(vote[:, 0] > 0.5)
+        edges.append(soft_map[:, 0].clamp(0, 1))
+    return Analysis(figure=torch.cat(figures).numpy(), edges=torch.cat(edges).numpy(),
+                    mse=float(torch.cat(errors).mean()))
+
+
+def mean_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over images of |P & T| / |P | T| (``[n h w]`` bool; T is never empty)."""
+    intersection = (predicted & truth).sum(axis=(1, 2))
+    union = (predicted | truth).sum(axis=(1, 2))
+    return float(np.mean(intersection / np.maximum(union, 1)))
+
+
+def edge_ods(edges: np.ndarray, boundaries: np.ndarray, args) -> float:
+    counts = [evaluate_image(edge_map.astype(np.float64), [truth], nthresh=args.nthresh,
+                             max_dist=args.max_dist)
+              for edge_map, truth in zip(edges, boundaries)]
+    return summarize(counts).ods
+
+
+def centre_disc(shape: tuple[int, int], area: float) -> np.ndarray:
+    """``[h w]`` bool: a disc at the image centre covering ``area`` (a fraction) of the image."""
+    height, width = shape
+    mask = np.zeros(shape, dtype=bool)
+    rows, columns = disk(((height - 1) / 2, (width - 1) / 2),
+                         math.sqrt(area * height * width / math.pi), shape=shape)
+    mask[rows, columns] = True
+    return mask
+
+
+def score(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    ids = sorted(path.stem for path in (data_dir / "test" / "images").glob("*.png"))
+    ids = ids[: args.limit] if args.limit else ids
+    train_paths = sorted((data_dir / "train").glob("*/*.png"))[: args.batch_size]
+    if not ids or not train_paths:
+        raise SystemExit(f"error: --data-dir {data_dir}: no test/images/*.png or train/*/*.png "
+                         "(write it with make-data)")
+    images = _read_pngs(data_dir / "test" / "images", ids)
+    fronts = _read_pngs(data_dir / "test" / "front", ids) > 127
+    boundaries = _read_pngs(data_dir / "test" / "boundaries", ids) > 127
+    model = load_model(args.checkpoint, img_size=args.img_size, device=torch.device("cpu"))
+    ratio = model.mask_ratio if args.mask_ratio is None else args.mask_ratio
+    if ratio and int(model.num_patches * (1 - ratio)) < 1:
+        raise SystemExit(f"error: --mask-ratio {ratio} leaves none of the model's "
+                         f"{model.num_patches} patches visible")
+    order = args.order
+    if order == "auto":
+        train = np.stack([np.array(Image.open(path).convert("RGB")) for path in train_paths])
+        with torch.no_grad():
+            batch = model_input(list(train), model.img_size)
+            output = masked_reconstructions(model, (batch - model.mean) / model.std,
+                                            mask_ratio=ratio, seed=args.mask_seed)[0]
+            choice = choose_order(output.gaussians.to(torch.float32), model.renderer)
+        order = choice.order
+        print(f"order auto: {order} (background score: far {choice.far_score:.3f}, near "
+              f"{choice.near_score:.3f}; {len(train)} training images)", file=sys.stderr)
+    other = "front_to_back" if order == "back_to_front" else "back_to_front"
+
+    regime = f"ratio {ratio:g}, {args.num_masks} masks" if ratio else "all patches"
+    default = analyse(model, images, args, order=order, mask_ratio=ratio)
+    shuffled = [analyse(model, images, args, order=order, mask_ratio=ratio, shuffle_seed=seed)
+                for seed in range(NUM_SHUFFLES)]
+    iou, ods = mean_iou(default.figure, fronts), edge_ods(default.edges, boundaries, args)
+    iou_shuffled = float(np.mean([mean_iou(result.figure, fronts) for result in shuffled]))
+    ods_shuffled = float(np.mean([edge_ods(result.edges, boundaries, args)
+                                  for result in shuffled]))
+    disc = centre_disc(fronts.shape[1:], float(fronts.mean()))
+    label = f"{args.order}: {order}" if args.order == "auto" else order
+    rows = [
+        ("everything", mean_iou(np.ones_like(fronts), fronts), None, None),
+        ("centre disc (mean front area)", mean_iou(np.broadcast_to(disc, fronts.shape), fronts),
+         None, None),
+        ("Sobel on the input", None, edge_ods(np.stack([sobel_edges(i) for i in images]),
+                                              boundaries, args), None),
+        (f"GMAE ({label}, {regime})", iou, ods, default.mse),
+        (f"GMAE, shuffled depth (mean of {NUM_SHUFFLES})", iou_shuffled, ods_shuffled,
+         default.mse),
+    ]
+    comparisons = [(f"GMAE ({other}, {regime})", other, ratio)]
+    if ratio:
+        comparisons.append((f"GMAE ({label}, all patches)", order, 0.0))
+    for name, row_order, row_ratio in comparisons:
+        result = analyse(model, images, args, order=row_order, mask_ratio=row_ratio)
+        rows.append((name, mean_iou(result.figure, fronts),
+                     edge_ods(result.edges, boundaries, args), result.mse))
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    height, width = images.shape[1:3]
+    tolerance = args.max_dist * math.hypot(height, width)
+    table = [
+        f"{len(ids)} test scenes of {data_dir}, {height}x{width} px; GMAE {args.checkpoint}; "
+        f"figure = front {1}/{args.num_layers} of the depth order; edge ODS at max-dist "
+        f"{args.max_dist:g} of the diagonal ({tolerance:.2f} px), nthresh {args.nthresh}",
+        "",
+        "| method | figure-ground IoU | edge ODS | render MSE |",
+        "|---|---|---|---|",
+        *(f"| {name} | {cell(a)} | {cell(b)} | {cell(c)} |" for name, a, b, c in rows),
+    ]
+    text = "\n".join(table)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    print(f"iou={iou:.3f} iou_shuffled={iou_shuffled:.3f} ods={ods:.3f} "
+          f"ods_shuffled={ods_shuffled:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -166,7 +350,50 @@ def build_parser() -> argparse.ArgumentParser:
                         help="least fraction of the image the front object covers")
     making.add_argument("--seed", type=int, default=defaults.seed)
     making.set_defaults(handler=make_data, check=check_make_data)
+
+    scoring = commands.add_parser("score", help="score a checkpoint's layers on the test scenes")
+    scoring.add_argument("--checkpoint", required=True,
+                         help="gmae_imagenet.py checkpoint, or 'none' (untrained tiny)")
+    scoring.add_argument("--data-dir", required=True, help="a make-data folder")
+    scoring.add_argument("--output", default=None,
+                         help="also write the table to this new markdown file")
+    scoring.add_argument("--limit", type=int, default=0, help="first N test scenes only (0: all)")
+    scoring.add_argument("--img-size", type=int, default=64, help="input size of --checkpoint none")
+    scoring.add_argument("--num-layers", type=int, default=4,
+                         help="depth layers for figure-ground; the front one is the figure")
+    scoring.add_argument("--batch-size", type=int, default=16, help="images per GMAE call")
+    scoring.add_argument("--nthresh", type=int, default=NTHRESH, help="edge thresholds")
+    scoring.add_argument("--max-dist", type=float, default=MAX_DIST,
+                         help="edge match tolerance, fraction of the image diagonal")
+    model_options(scoring)
+    scoring.set_defaults(handler=score, check=check_score)
     return parser
+
+
+def check_score(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 naming the flag when a ``score`` setting cannot work, before any work."""
+    data_dir = Path(args.data_dir)
+    for folder in ("test/images", "test/front", "test/boundaries", "train"):
+        if not (data_dir / folder).is_dir():
+            parser.error(f"--data-dir {data_dir} has no {folder}/ (write it with make-data)")
+    if args.checkpoint != "none" and not Path(args.checkpoint).is_file():
+        parser.error(f"--checkpoint {args.checkpoint} is not a file")
+    if args.output and Path(args.output).exists():
+        parser.error(f"--output {args.output} exists; score never writes over a file")
+    try:
+        check_max_dist(args.max_dist)
+    except ValueError as error:
+        parser.error(f"--max-dist {str(error).removeprefix('max_dist ')}")
+    checks = {"--nthresh": args.nthresh >= 1, "--batch-size": args.batch_size >= 1,
+              "--num-masks": args.num_masks >= 1, "--limit": args.limit >= 0,
+              "--num-layers": args.num_layers >= 1, "--mask-seed": args.mask_seed >= 0}
+    for flag, ok in checks.items():
+        if not ok:
+            parser.error(f"{flag} must be >= {0 if flag in ('--limit', '--mask-seed') else 1}")
+    if args.mask_ratio is not None and not 0 <= args.mask_ratio < 1:
+        parser.error(f"--mask-ratio must lie in [0, 1), got {args.mask_ratio}")
+    if not args.layer_counts or min(args.layer_counts) < 1:
+        parser.error(f"--layer-counts must be positive, got {args.layer_counts}")
 
 
 def check_make_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -198,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.check(parser, args)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except CheckpointError as error:
+        print(f"error: --checkpoint {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

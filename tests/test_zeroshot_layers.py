@@ -1,0 +1,118 @@
+"""recipes/zeroshot_layers.py: the dead-leaves benchmark's data and its scorer, tiny runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gmae_imagenet
+import numpy as np
+import pytest
+import zeroshot_layers
+from PIL import Image
+
+TINY_DATA = ["--num-train", "16", "--num-test", "3", "--size", "32"]
+
+
+def make_data(output_dir: Path, *flags: str) -> int:
+    return zeroshot_layers.main(["make-data", "--output-dir", str(output_dir), *TINY_DATA, *flags])
+
+
+def read(path: Path) -> np.ndarray:
+    return np.array(Image.open(path))
+
+
+def test_make_data_writes_scenes_whose_front_object_is_whole_and_outlined(tmp_path):
+    assert make_data(tmp_path / "leaves") == 0
+    test = tmp_path / "leaves" / "test"
+    assert len(list((tmp_path / "leaves" / "train" / "leaves").glob("*.png"))) == 16
+    for index in range(3):
+        image, front, boundaries = (read(test / name / f"{index:05d}.png")
+                                    for name in ("images", "front", "boundaries"))
+        assert image.shape == (32, 32, 3) and front.shape == boundaries.shape == (32, 32)
+        front, boundaries = front > 127, boundaries > 127
+        assert front.mean() >= zeroshot_layers.LeavesSpec().min_front_area
+        # Nothing covers the front object: it is one colour, and its rim is a boundary.
+        assert len(np.unique(image[front], axis=0)) == 1
+        inside_rim = front[:, :-1] & ~front[:, 1:]
+        assert boundaries[:, :-1][inside_rim].all()
+        # Every boundary pixel differs in colour from its right or lower neighbour.
+        differs = np.zeros_like(boundaries)
+        differs[:, :-1] |= (image[:, 1:] != image[:, :-1]).any(-1)
+        differs[:-1, :] |= (image[1:, :] != image[:-1, :]).any(-1)
+        assert np.array_equal(boundaries, differs)
+
+
+def test_make_data_is_the_same_for_the_same_seed_and_test_set_independent_of_train(tmp_path):
+    make_data(tmp_path / "a")
+    zeroshot_layers.main(["make-data", "--output-dir", str(tmp_path / "b"), "--num-train", "5",
+                          "--num-test", "3", "--size", "32"])
+    make_data(tmp_path / "c", "--seed", "1")
+    first = (tmp_path / "a" / "test" / "images" / "00002.png").read_bytes()
+    assert first == (tmp_path / "b" / "test" / "images" / "00002.png").read_bytes()
+    assert first != (tmp_path / "c" / "test" / "images" / "00002.png").read_bytes()
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--min-shapes", "3", "--max-shapes", "2"], "--min-shapes"),
+    (["--max-shapes", "9"], "--max-shapes"),
+    (["--min-radius", "0"], "--min-radius"),
+    (["--min-front-area", "0.5"], "--min-front-area"),
+    (["--size", "4"], "--size"),
+])
+def test_make_data_rejects_bad_flags_before_writing(tmp_path, capsys, flags, named):
+    with pytest.raises(SystemExit) as exit_info:
+        make_data(tmp_path / "out", *flags)
+    assert exit_info.value.code == 2 and named in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_data_never_writes_into_a_used_folder(tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("another run")
+    with pytest.raises(SystemExit) as exit_info:
+        make_data(tmp_path / "used")
+    assert exit_info.value.code == 2 and "never writes over" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "used").iterdir()] == ["notes.txt"]
+
+
+def test_a_model_trained_on_make_data_is_scored_with_a_table_and_summary(tmp_path, capsys):
+    data = tmp_path / "leaves"
+    assert make_data(data) == 0
+    # gmae_imagenet.py reads the training set as an ImageFolder: one tiny step.
+    assert gmae_imagenet.main([
+        "--preset", "demo", "--dataset", "imagefolder", "--data-path", str(data),
+        "--img-size", "32", "--num-gaussians", "16", "--batch-size", "8", "--num-workers", "0",
+        "--epochs", "1", "--max-steps", "1", "--image-every", "0",
+        "--output-dir", str(tmp_path / "run"),
+    ]) == 0
+    checkpoint = next((tmp_path / "run").glob("checkpoint-*.pt"))
+    capsys.readouterr()
+    argv = ["score", "--checkpoint", str(checkpoint), "--data-dir", str(data), "--nthresh", "3",
+            "--layer-counts", "2", "4", "--num-masks", "2", "--output", str(tmp_path / "t.md")]
+    assert zeroshot_layers.main(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert re.fullmatch(r"iou=[0-9.]+ iou_shuffled=[0-9.]+ ods=[0-9.]+ ods_shuffled=[0-9.]+",
+                        lines[-1])
+    table = [line for line in lines if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in table][:6] == [
+        "| method", "| everything", "| centre disc (mean front area)", "| Sobel on the input",
+        f"| GMAE (auto: {captured.err.split('order auto: ')[1].split()[0]}, ratio 0.75, 2 masks)",
+        "| GMAE, shuffled depth (mean of 5)"]
+    assert "(0.34 px)" in lines[0]  # 0.0075 of a 32 px image's diagonal
+    everything = float(table[1].split(" | ")[1])
+    fronts = (data / "test" / "front").glob("*")
+    front_area = np.mean([read(path).mean() / 255 for path in fronts])
+    assert everything == pytest.approx(front_area, abs=1e-3)
+    assert (tmp_path / "t.md").read_text().strip() == "\n".join(lines[:-1]).strip()
+    # Never over another run's file.
+    with pytest.raises(SystemExit) as exit_info:
+        zeroshot_layers.main(argv)
+    assert exit_info.value.code == 2 and "--output" in capsys.readouterr().err
+
+
+def test_score_rejects_a_folder_without_test_scenes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        zeroshot_layers.main(["score", "--checkpoint", "none", "--data-dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and "make-data" in capsys.readouterr().err
