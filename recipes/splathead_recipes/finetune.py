@@ -125,7 +125,7 @@ class AugmentedCrop:
 def posterize(image: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
     """timm's posterize op as it ran with Pillow before 13: keeping 0 bits makes the image
     black. Pillow 13 refuses 0 bits (a ValueError), which timm's ``PosterizeIncreasing`` asks
-    for at magnitude 10: about 1 image in 300 under ``rand-m9-mstd0.5-inc1``."""
+    for at magnitude 10: about 1 image in 650 under ``rand-m9-mstd0.5-inc1``."""
     if bits_to_keep <= 0:
         return Image.new(image.mode, image.size)
     return auto_augment.posterize(image, bits_to_keep, **kwargs)
