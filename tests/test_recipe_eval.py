@@ -16,7 +16,7 @@ from splathead_recipes.data import Batch
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.pretrain_eval import OnlineProbeTraining
 
-from test_recipe_train import SCRIPT, TINY, _spawn, losses
+from test_recipe_train import SCRIPT, TINY, _output, _spawn, losses
 
 CPU = Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -156,7 +156,7 @@ def test_torchrun_two_gloo_ranks_train_and_score_the_probes(shapes, tmp_path):
                      str(SCRIPT), *TINY, "--dataset", "imagefolder", "--data-path",
                      str(shapes), "--epochs", "1", "--accum-steps", "2",
                      "--output-dir", str(tmp_path))
-    output, _ = process.communicate(timeout=120)
+    output = _output(process, timeout=120)
     assert process.returncode == 0, output
     (evaluation,) = records(tmp_path, "eval")
     assert evaluation["step"] == 4 and 0 <= evaluation["probe_top1"] <= 100

@@ -114,14 +114,25 @@ def test_bad_config_fails_before_training_with_the_flag_to_change(tmp_path, caps
 def _spawn(*command: str) -> subprocess.Popen:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, *command], cwd=ROOT, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _output(process: subprocess.Popen, timeout: float) -> str:
+    """The process's output once it exits; past ``timeout`` its whole group is killed (a
+    failing test leaves nothing running) and the test fails with what it printed."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"still running after {timeout} s:\n{process.communicate()[0]}")
 
 
 def test_torchrun_two_gloo_ranks_keep_identical_parameters(tmp_path):
     process = _spawn("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                      str(SCRIPT), *TINY, "--epochs", "2", "--accum-steps", "2",
                      "--output-dir", str(tmp_path))
-    output, _ = process.communicate(timeout=120)
+    output = _output(process, timeout=120)
     assert process.returncode == 0, output
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     (end,) = [record for record in records if record.get("event") == "end"]
@@ -134,12 +145,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     process = _spawn(str(SCRIPT), *TINY, "--samples-per-epoch", "80000", "--epochs", "1",
                      "--output-dir", str(tmp_path))
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().strip()):
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        if time.monotonic() > deadline:
+            _output(process, timeout=0)  # kills it and fails with its output
+        assert process.poll() is None, _output(process, timeout=0)
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
+    output = _output(process, timeout=60)
     assert process.returncode == 0, output
     (saved,) = checkpoints(tmp_path)
     step = torch.load(tmp_path / saved, weights_only=True)["step"]
@@ -301,6 +314,6 @@ def test_an_error_exits_promptly_with_a_non_zero_status(tmp_path, ranks):
     process = _spawn(*(launcher if ranks > 1 else []), str(SCRIPT), *TINY, "--dataset",
                      "imagefolder", "--data-path", str(data), "--batch-size", "4",
                      "--num-workers", "1", "--output-dir", str(tmp_path / "out"))
-    output, _ = process.communicate(timeout=90)
+    output = _output(process, timeout=90)
     assert process.returncode not in (0, None), output
     assert "consecutive unreadable images" in output, output
