@@ -1,9 +1,14 @@
-"""The top-level adapters/ folder ships as splathead.adapters and never as a module `adapters`."""
+"""The top-level adapters/ folder ships as splathead.adapters and never as a module `adapters`;
+every dependency declares the floor that `make test-floor` tests."""
 
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).parents[1]
 
@@ -33,3 +38,24 @@ def test_installed_package_imports_adapters_as_splathead_adapters(tmp_path):
         [sys.executable, "-c", check], cwd=tmp_path, check=True, capture_output=True, text=True
     )
     assert result.stdout.strip() == "splathead.adapters.wrap"
+
+
+def _requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [req for reqs in project["optional-dependencies"].values() for req in reqs]
+    return [Requirement(req) for req in project["dependencies"] + extras
+            if not req.startswith("splathead[")]
+
+
+def test_every_dependency_declares_the_floor_make_test_floor_runs():
+    unbounded = [str(req) for req in _requirements()
+                 if not any(spec.operator in (">=", "==", "~=") for spec in req.specifier)]
+    assert unbounded == []
+
+
+def test_the_floor_run_holds_torch_at_the_pins_make_test_installs():
+    makefile = (ROOT / "Makefile").read_text()
+    (pins,) = re.findall(r"^TORCH_PINS \?= (.+)$", makefile, flags=re.MULTILINE)
+    constraints = (ROOT / ".ci" / "floor-constraints.txt").read_text().splitlines()
+    held = [line for line in constraints if line and not line.startswith("#")]
+    assert held == pins.split()
