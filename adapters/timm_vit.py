@@ -19,7 +19,8 @@ def _embed_with_positions(vit: VisionTransformer, images: Tensor) -> Tensor:
 
     The one place that calls a private timm helper. ``VisionTransformer._pos_embed`` handles
     class/register tokens, ``no_embed_class`` and the position resampling of
-    ``dynamic_img_size`` models exactly as ``forward_features`` does. Checked against timm 1.0.31.
+    ``dynamic_img_size`` models exactly as ``forward_features`` does. Checked against timm 1.0.12
+    (the declared floor, ``make test-floor``) and 1.0.31.
     """
     return vit._pos_embed(vit.patch_embed(images))
 
