@@ -301,10 +301,12 @@ def test_an_error_in_a_loader_worker_ends_the_run_and_its_workers(tmp_path):
     import multiprocessing
 
     data = image_folder(tmp_path / "data", 40, readable=False)
+    # Loader workers of earlier in-process runs may await garbage collection; only this run's count.
+    before = set(multiprocessing.active_children())
     with pytest.raises(RuntimeError, match="32 consecutive unreadable images"):
         run(tmp_path / "out", "--dataset", "imagefolder", "--data-path", str(data),
             "--batch-size", "4", "--num-workers", "1")
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) - before == set()
 
 
 @pytest.mark.parametrize("ranks", [1, 2])

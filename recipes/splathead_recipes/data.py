@@ -242,4 +242,5 @@ def stop_workers(loader: DataLoader) -> None:
     for worker in iterator._workers:
         if worker.is_alive():
             worker.kill()
+            worker.join()  # reaped before this returns; SIGKILL cannot be ignored
 
