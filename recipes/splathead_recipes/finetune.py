@@ -91,7 +91,7 @@ class AugmentedCrop:
     interpolation: str = "bicubic"
 
     @functools.cached_property
-    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+    def transform(self) -> Callable[[Image.Image], torch.Tensor | np.ndarray]:
         transform = create_transform(self.size, is_training=True, scale=self.scale,
                                      hflip=self.hflip, auto_augment=self.auto_augment,
                                      interpolation=self.interpolation, use_prefetcher=True)
@@ -102,7 +102,8 @@ class AugmentedCrop:
 
     def _apply(self, image: Image.Image, seed: int) -> torch.Tensor:
         with seeded_globals(seed):
-            return self.transform(image)
+            # timm 1.0.12 ends prefetcher mode with a NumPy array, timm 1.0.31 with a tensor.
+            return torch.as_tensor(self.transform(image))
 
     @typecheck
     def from_pixels(self, pixels: UInt8[Tensor, "3 h w"], seed: int) -> UInt8[Tensor, "3 s s"]:
