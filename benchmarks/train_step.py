@@ -8,8 +8,11 @@ The input pipeline has its own benchmark, ``benchmarks/data.py``.
 Both models train with the same AdamW (fused on CUDA), precision and synthetic batch. MAE's
 decoder (8 blocks, 512 wide, mask tokens, Linear to p*p*3) is built here from timm Blocks. A
 second measurement isolates GMAE's tail: head + activations + render + loss, forward and
-backward, from fixed decoder outputs; a torch.profiler run splits the forward into ranges.
-Prints markdown tables.
+backward, from fixed decoder outputs; a torch.profiler run splits the forward into ranges. A
+third row adds what pretraining on labelled data adds to every step: the online linear probes
+(hooks pooling every encoder block's tokens, one BatchNorm1d + Linear per block over 1000
+classes, their own AdamW step), as ``recipes/gmae_imagenet.py`` trains them. Prints markdown
+tables.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from splathead.masking import restore_tokens
 from splathead.model import GMAE
 from splathead.patches import unpatchify
 from splathead.pos_embed import sincos_pos_embed_2d
+from splathead.probes import BlockFeatures, OnlineProbes, probe_loss
 
 CONFIGS = {  # GMAE factory overrides; MAE's decoder takes the same width and depth
     "tiny": dict(factory=gmae_vit_tiny, img_size=64, decoder=(64, 2, 4)),
@@ -108,6 +112,25 @@ def training_step(model: nn.Module, loss_of, images, optimizer, autocast):
     return step
 
 
+def with_online_probes(step, gmae: GMAE, labels: torch.Tensor, num_classes: int):
+    """``step`` followed by one AdamW step of online probes on every encoder block's detached
+    pooled tokens; returns the step and the feature hooks (remove them when done)."""
+    vit = gmae.encoder.vit
+    blocks = BlockFeatures(vit.blocks, num_prefix_tokens=vit.num_prefix_tokens)
+    probes = OnlineProbes(embed_dim=vit.embed_dim, num_classes=num_classes,
+                          num_blocks=len(blocks)).to(labels.device)
+    optimizer = torch.optim.AdamW(probes.parameters(), lr=1e-3, weight_decay=0.0)
+
+    def step_and_probe() -> None:
+        step()
+        loss = probe_loss(probes(blocks.features()), labels) / len(blocks)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step_and_probe, blocks
+
+
 def tail_step(gmae: GMAE, images: torch.Tensor, autocast):
     """Forward + backward of head, activations, render and loss from fixed query outputs."""
     with torch.no_grad(), autocast:
@@ -168,13 +191,18 @@ def benchmark_models(args: argparse.Namespace) -> None:
         compile_blocks(mae)
     images = torch.randn(args.batch, 3, spec["img_size"], spec["img_size"], device=device)
     fused = device.type == "cuda" and not args.no_fused
-    rows = {}
+    rows, steps = {}, {}
     for name, model, loss_of in (("MAE", mae, lambda m, x: m(x)),
                                  ("GMAE", gmae, lambda m, x: m(x).loss)):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
                                       weight_decay=0.05, fused=fused or None)
-        rows[name] = time_steps(training_step(model, loss_of, images, optimizer, autocast),
-                                device, warmup=args.warmup, steps=args.steps)
+        steps[name] = training_step(model, loss_of, images, optimizer, autocast)
+        rows[name] = time_steps(steps[name], device, warmup=args.warmup, steps=args.steps)
+    labels = torch.randint(0, args.probe_classes, (args.batch,), device=device)
+    probed_step, hooks = with_online_probes(steps["GMAE"], gmae, labels, args.probe_classes)
+    rows["GMAE + online probes"] = time_steps(probed_step, device, warmup=args.warmup,
+                                              steps=args.steps)
+    hooks.remove()
     tail = time_steps(tail_step(gmae, images, autocast), device, warmup=args.warmup,
                       steps=args.steps)
     print(f"\n{args.config}, batch {args.batch}, {device}, {precision}, fused AdamW {fused}, "
@@ -183,7 +211,9 @@ def benchmark_models(args: argparse.Namespace) -> None:
     for name, seconds in rows.items():
         print(f"| {name} | {seconds * 1e3:.1f} | {args.batch / seconds:.0f} | "
               f"{seconds / rows['MAE']:.2f}x |")
-    print(f"\nGMAE tail (head + activations + render + loss, fwd + bwd): {tail * 1e3:.1f} ms = "
+    probes = rows["GMAE + online probes"] / rows["GMAE"] - 1
+    print(f"\nonline probes ({args.probe_classes} classes): {100 * probes:+.1f}% of the GMAE step")
+    print(f"GMAE tail (head + activations + render + loss, fwd + bwd): {tail * 1e3:.1f} ms = "
           f"{100 * tail / rows['GMAE']:.1f}% of the GMAE step")
     if args.profile:
         ranges = profile_ranges(gmae, images, autocast, device)
@@ -206,6 +236,8 @@ def main() -> None:
     parser.add_argument("--no-fused", action="store_true", help="unfused AdamW on CUDA")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--probe-classes", type=int, default=1000,
+                        help="classes of the online probes' row (ImageNet: 1000)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler forward ranges")
     args = parser.parse_args()
     benchmark_models(args)
