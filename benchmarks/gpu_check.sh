@@ -54,4 +54,4 @@ echo "| step | status | time |"
 echo "|---|---|---:|"
 printf '%s\n' "${SUMMARY[@]}"
 grep -h '^| [0-9]' "$LOGS"/render_benchmark.log 2>/dev/null | sed 's/^/render: /'
-grep -h '^| \(MAE\|GMAE\)' "$LOGS"/train_step*.log 2>/dev/null | sed 's/^/train: /'
+grep -h '^| \(MAE\|GMAE\)\|^online probes' "$LOGS"/train_step*.log 2>/dev/null | sed 's/^/train: /'
