@@ -25,7 +25,6 @@ from functools import partial
 
 import numpy as np
 import torch
-from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function

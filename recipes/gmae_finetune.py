@@ -29,13 +29,13 @@ from typing import Any
 from torch import nn
 
 from splathead_recipes.classify import (
-    ClassifyConfig, build_classify_data, fit_classifier, run_recipe, validate_classify,
+    ClassifyConfig, build_classify_data, fit_classifier, validate_classify,
     write_demo_data, writes_demo_data)
 from splathead_recipes.config import ConfigError, parse_with, parser_for
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import attach_head, load_encoder
 from splathead_recipes.finetune import AugmentedCrop, EmaHook, MixedLoss, build_optimizer
-from splathead_recipes.loop import seed_everything
+from splathead_recipes.loop import run_recipe, seed_everything
 
 log = logging.getLogger("gmae")
 

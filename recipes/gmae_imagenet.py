@@ -21,13 +21,10 @@ import torch
 from splathead import GMAE, GMAEOutput
 from splathead.viz import hide_patches, save_reconstruction_grid
 
-from splathead_recipes import distributed
-from splathead_recipes.checkpoint import CheckpointError
 from splathead_recipes.config import Config, ConfigError, parse_config, validate
 from splathead_recipes.data import Batch, build_dataset, build_loader
 from splathead_recipes.distributed import Runtime
-from splathead_recipes.logs import setup_logging
-from splathead_recipes.loop import Evaluation, NonFiniteError, StepHook, fit, seed_everything
+from splathead_recipes.loop import Evaluation, StepHook, fit, run_recipe, seed_everything
 from splathead_recipes.models import build_model
 from splathead_recipes.optim import build_optimizer, learning_rate
 from splathead_recipes.pretrain_eval import (
@@ -91,25 +88,7 @@ def eval_picture(config: Config, step: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done (or checkpointed on a signal), 1 failed in training, 2 bad settings
     or checkpoint, found before any training step."""
-    config = parse_config(argv)
-    try:
-        validate(config, world_size=distributed.world_size_from_env(),
-                 cuda_available=torch.cuda.is_available())
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    runtime = distributed.setup(config.device, config.backend)
-    setup_logging(runtime.is_main)
-    try:
-        return train(config, runtime)
-    except NonFiniteError as error:
-        log.error("%s", error)
-        return 1
-    except (ConfigError, CheckpointError) as error:  # found once data, model or checkpoint load
-        log.error("%s", error)
-        return 2
-    finally:
-        distributed.teardown()
+    return run_recipe(parse_config(argv), validate=validate, train=train)
 
 
 def build_model_for(config: Config) -> GMAE:

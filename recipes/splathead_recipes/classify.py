@@ -13,17 +13,16 @@ module gives both the rest, on top of pretraining's :func:`~splathead_recipes.lo
 - :func:`fit_classifier`: epochs with gradient accumulation to ``--batch-size`` at any world size,
   warmup + cosine per step, checkpoints and ``--resume auto``, an evaluation every
   ``--eval-every`` epochs and at the end, and the last line ``top1=XX.XX top5=YY.YY``, also
-  written to ``metrics.jsonl`` as ``{"event": "result", ...}``;
-- :func:`run_recipe`: validation, process group and exit status (0 done, 1 failed in
-  training, 2 bad settings or checkpoint) around a recipe's training function.
+  written to ``metrics.jsonl`` as ``{"event": "result", ...}``.
+
+Validation, process group and exit status come from :func:`~splathead_recipes.loop.run_recipe`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +34,6 @@ from torch.utils.data import DataLoader
 
 from shapes_task import write_shapes_task
 from splathead_recipes import distributed
-from splathead_recipes.checkpoint import CheckpointError
 from splathead_recipes.config import ConfigError, check_devices, check_fields, check_output
 from splathead_recipes.crops import CentreCrop
 from splathead_recipes.data import (
@@ -43,8 +41,7 @@ from splathead_recipes.data import (
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import known_model
 from splathead_recipes.eval_step import evaluate
-from splathead_recipes.logs import setup_logging
-from splathead_recipes.loop import NonFiniteError, Stateful, StepHook, fit
+from splathead_recipes.loop import Stateful, StepHook, fit
 from splathead_recipes.optim import learning_rate
 from splathead_recipes.train_step import AUTOCAST_DTYPES, Forward
 
@@ -355,28 +352,3 @@ def write_result(output_dir: Path, results: dict[str, float], report: str) -> No
     with open(output_dir / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps(record) + "\n")
     print(line, flush=True)
-
-
-def run_recipe(config: ClassifyConfig, *, validate: Callable[..., None],
-               train: Callable[[Any, Runtime], int]) -> int:
-    """``validate(config, world_size=, cuda_available=)`` then ``train(config, runtime)`` in
-    torchrun's process group; exit status 0 done (or checkpointed on a signal), 1 failed in
-    training, 2 bad settings or checkpoint, found before any training step."""
-    try:
-        validate(config, world_size=distributed.world_size_from_env(),
-                 cuda_available=torch.cuda.is_available())
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    runtime = distributed.setup(config.device, config.backend)
-    setup_logging(runtime.is_main)
-    try:
-        return train(config, runtime)
-    except NonFiniteError as error:
-        log.error("%s", error)
-        return 1
-    except (ConfigError, CheckpointError) as error:
-        log.error("%s", error)
-        return 2
-    finally:
-        distributed.teardown()

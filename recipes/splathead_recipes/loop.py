@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from splathead_recipes.checkpoint import CheckpointError
 from splathead_recipes.config import ConfigError
 from splathead_recipes.data import ResumableSampler, stop_workers
 from splathead_recipes.distributed import Runtime
-from splathead_recipes.logs import MetricsLog
+from splathead_recipes.logs import MetricsLog, setup_logging
 from splathead_recipes.train_step import Forward, StepResult, TrainStep
 
 log = logging.getLogger("gmae")
@@ -400,3 +401,33 @@ def finish(metrics: MetricsLog | None, model: nn.Module, runtime: Runtime, step:
                  "%s/, PNG grids in %s/", step, output_dir, metrics.path,
                  output_dir / "tensorboard", output_dir / "images")
     return 0
+
+
+def run_recipe(config: Any, *, validate: Callable[..., None],
+               train: Callable[[Any, Runtime], int]) -> int:
+    """A recipe's ``main``: ``validate(config, world_size=, cuda_available=)``, then
+    ``train(config, runtime)`` in torchrun's process group (``config.device``,
+    ``config.backend``), torn down on every path.
+
+    Returns the exit status: 0 done (or checkpointed on a signal), 1 failed in training (a
+    non-finite value), 2 a setting or checkpoint that cannot work, found before any training
+    step (in validation, or once data, model or checkpoint load).
+    """
+    try:
+        validate(config, world_size=distributed.world_size_from_env(),
+                 cuda_available=torch.cuda.is_available())
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    runtime = distributed.setup(config.device, config.backend)
+    setup_logging(runtime.is_main)
+    try:
+        return train(config, runtime)
+    except NonFiniteError as error:
+        log.error("%s", error)
+        return 1
+    except (ConfigError, CheckpointError) as error:
+        log.error("%s", error)
+        return 2
+    finally:
+        distributed.teardown()
