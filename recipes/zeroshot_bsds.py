@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -60,8 +59,7 @@ from splathead.zeroshot import (
     soft_edges,
 )
 
-from splathead_recipes.checkpoint import CheckpointError
-from splathead_recipes.models import load_pretrained
+from splathead_recipes.models import load_pretrained, run_checkpoint_command
 
 log = logging.getLogger("zeroshot_bsds")
 
@@ -343,11 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     check_benchmark_options(parser, args)
     if args.command == "run":
         check_model_flags(parser, args)
-    try:
-        return args.handler(args)
-    except CheckpointError as error:
-        print(f"error: --checkpoint {error}", file=sys.stderr)
-        return 2
+    return run_checkpoint_command(args)
 
 
 if __name__ == "__main__":

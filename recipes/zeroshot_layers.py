@@ -66,7 +66,7 @@ from zeroshot_bsds import load_model, model_input, model_options, sobel_edges
 from splathead.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_image, summarize
 from splathead.gaussians import Gaussians
 from splathead.zeroshot import choose_order, figure_ground, masked_reconstructions, soft_edges
-from splathead_recipes.checkpoint import CheckpointError
+from splathead_recipes.models import run_checkpoint_command
 
 SHAPES = ("disc", "ellipse", "rectangle", "triangle")
 NUM_SHUFFLES = 5
@@ -425,11 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.check(parser, args)
-    try:
-        return args.handler(args)
-    except CheckpointError as error:
-        print(f"error: --checkpoint {error}", file=sys.stderr)
-        return 2
+    return run_checkpoint_command(args)
 
 
 if __name__ == "__main__":

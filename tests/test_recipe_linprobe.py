@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import re
 
 import gmae_linprobe as recipe
 import pytest
 import torch
-from shapes_task import write_shapes_task
+from classify_runs import LINE, flags, newest, records, write_tiny_task
 from splathead_recipes.classify import cross_entropy
 from splathead_recipes.data import Batch
 from test_recipe_encoders import pretraining_checkpoint
 
-LINE = re.compile(r"top1=(\d+\.\d\d) top5=(\d+\.\d\d)")
-
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes") / "task"
-    write_shapes_task(root, train_per_class=4, val_per_class=3, img_size=32, seed=0)
-    return root
-
-
-def flags(shapes, output_dir, *more):
-    return ["--preset", "demo", "--data-path", str(shapes), "--model", "gmae_vit_tiny",
-            "--patch-size", "8", "--batch-size", "8", "--num-workers", "0", "--log-every", "1",
-            "--epochs", "2", "--warmup-epochs", "1", "--eval-every", "1",
-            "--output-dir", str(output_dir), *more]
-
-
-def records(output_dir):
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def newest(output_dir):
-    return torch.load(sorted(output_dir.glob("checkpoint-*.pt"))[-1], weights_only=True)
+    return write_tiny_task(tmp_path_factory.mktemp("shapes") / "task")
 
 
 def test_probe_of_a_pretraining_checkpoint_trains_the_head_only_and_prints_the_best(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,3 +61,13 @@ def load_pretrained(path: Path) -> GMAE:
             f"{config.num_gaussians} --gaussians-per-token {config.gaussians_per_token}): "
             f"{str(error).strip().splitlines()[-1].strip()}") from None
     return model
+
+
+def run_checkpoint_command(args: argparse.Namespace) -> int:
+    """``args.handler(args)`` of a command that reads ``--checkpoint``: a checkpoint that cannot be
+    used ends it with exit status 2 and one message naming the flag and the file."""
+    try:
+        return args.handler(args)
+    except checkpoint.CheckpointError as error:
+        print(f"error: --checkpoint {error}", file=sys.stderr)
+        return 2
