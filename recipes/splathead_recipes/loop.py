@@ -397,9 +397,10 @@ def finish(metrics: MetricsLog | None, model: nn.Module, runtime: Runtime, step:
         metrics.event("end", step, param_checksums=checksums)
         metrics.close()
         output_dir = metrics.path.parent
+        images = output_dir / "images"
         log.info("step %d: checkpoints and config.json in %s/, metrics in %s, TensorBoard in "
-                 "%s/, PNG grids in %s/", step, output_dir, metrics.path,
-                 output_dir / "tensorboard", output_dir / "images")
+                 "%s/%s", step, output_dir, metrics.path, output_dir / "tensorboard",
+                 f", PNG grids in {images}/" if images.is_dir() else "")
     return 0
 
 
