@@ -101,6 +101,10 @@ def test_a_model_trained_on_make_data_is_scored_with_a_table_and_summary(tmp_pat
         f"| GMAE (auto: {captured.err.split('order auto: ')[1].split()[0]}, ratio 0.75, 2 masks)",
         "| GMAE, shuffled depth (mean of 5)"]
     assert "(0.34 px)" in lines[0]  # 0.0075 of a 32 px image's diagonal
+    (gain,) = [line for line in lines if line.startswith("figure-ground IoU gain")]
+    mean, low, high = map(float, re.findall(r"[-+][0-9.]+", gain.split(": ", 1)[1]))
+    iou, iou_shuffled = map(float, re.findall(r"iou(?:_shuffled)?=([0-9.]+)", lines[-1]))
+    assert mean == pytest.approx(iou - iou_shuffled, abs=2e-3) and low <= mean <= high
     everything = float(table[1].split(" | ")[1])
     fronts = (data / "test" / "front").glob("*")
     front_area = np.mean([read(path).mean() / 255 for path in fronts])
@@ -116,3 +120,12 @@ def test_score_rejects_a_folder_without_test_scenes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         zeroshot_layers.main(["score", "--checkpoint", "none", "--data-dir", str(tmp_path)])
     assert exit_info.value.code == 2 and "make-data" in capsys.readouterr().err
+
+
+def test_gain_interval_covers_the_mean_gain_and_narrows_with_more_scenes():
+    rng = np.random.default_rng(1)
+    assert zeroshot_layers.gain_interval(np.full(5, 0.2)) == (0.2, 0.2)
+    few, many = rng.normal(0.1, 0.05, 20), rng.normal(0.1, 0.05, 2000)
+    (low_few, high_few), (low_many, high_many) = map(zeroshot_layers.gain_interval, (few, many))
+    assert low_few < few.mean() < high_few and low_many < 0.1 < high_many
+    assert high_many - low_many < (high_few - low_few) / 5
