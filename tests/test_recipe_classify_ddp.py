@@ -1,10 +1,21 @@
-"""The linear-probe and fine-tune recipes under torchrun: two gloo ranks on the CPU."""
+"""The linear-probe and fine-tune recipes on two gloo ranks: under torchrun, and their evaluation."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import socket
+from pathlib import Path
+
 import pytest
+import torch
 from classify_runs import LINE, flags, records, write_tiny_task
+from splathead_recipes.classify import TopKEvaluation
+from splathead_recipes.crops import CentreCrop
+from splathead_recipes.data import SafeImageFolder
+from splathead_recipes.distributed import Runtime, setup, teardown
 from test_recipe_train import ROOT, _output, _spawn
+from torch import nn
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +36,47 @@ def test_two_gloo_ranks_keep_one_model_and_print_the_result(shapes, tmp_path, sc
     assert all(0 <= record["top1"] <= record["top5"] <= 100 for record in evaluations)
     (end,) = [record for record in records(tmp_path) if record.get("event") == "end"]
     assert end["param_checksums"][0] == end["param_checksums"][1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _scores(root: Path, runtime: Runtime) -> dict[str, float]:
+    """TopKEvaluation of one fixed classifier on ``root/val`` (12 images, batches of 4)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
+    dataset = SafeImageFolder(root / "val", CentreCrop(32))
+    evaluation = TopKEvaluation(model, dataset, runtime=runtime, batch_size=4, num_workers=0,
+                                seed=0, steps_per_epoch=1)
+    return evaluation(1)
+
+
+def _rank(rank: int, port: int, root: Path, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    runtime = setup("cpu", "gloo")
+    try:
+        results.put((rank, _scores(root, runtime)))
+    finally:
+        teardown()
+
+
+def test_two_ranks_score_every_val_image_once_as_one_process_does(shapes):
+    """Each rank scores every other image and the counts are summed: the same top-1 / top-5 as
+    one process scoring all 12 (an image counted twice or left out would move them)."""
+    single = _scores(shapes, Runtime(rank=0, local_rank=0, world_size=1,
+                                     device=torch.device("cpu")))
+    context = multiprocessing.get_context("spawn")
+    results, port = context.Queue(), _free_port()
+    ranks = [context.Process(target=_rank, args=(rank, port, shapes, results))
+             for rank in range(2)]
+    for process in ranks:
+        process.start()
+    scores = dict(results.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert scores[0] == scores[1] == single
