@@ -3,6 +3,7 @@ import socket
 
 import pytest
 import torch
+from classify_runs import write_tiny_task
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -33,3 +34,9 @@ def no_network(monkeypatch):
         raise AssertionError("tried to open a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory):
+    """A 4-class shapes task of 32 px (4 train + 3 val per class) for the classification recipes."""
+    return write_tiny_task(tmp_path_factory.mktemp("shapes") / "task")

@@ -1,4 +1,4 @@
-"""The linear-probe and fine-tune recipes on two gloo ranks: under torchrun, and their evaluation."""
+"""The linear-probe and fine-tune recipes on two gloo ranks: under torchrun, and the evaluation."""
 
 from __future__ import annotations
 
@@ -9,25 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from classify_runs import LINE, flags, records, write_tiny_task
+from classify_runs import LINE, flags, records
+from splathead_recipes import distributed
 from splathead_recipes.classify import TopKEvaluation
 from splathead_recipes.crops import CentreCrop
 from splathead_recipes.data import SafeImageFolder
-from splathead_recipes.distributed import Runtime, setup, teardown
+from splathead_recipes.distributed import Runtime
 from test_recipe_train import ROOT, _output, _spawn
 from torch import nn
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return write_tiny_task(tmp_path_factory.mktemp("shapes") / "task")
-
-
 @pytest.mark.parametrize("script", ["gmae_linprobe.py", "gmae_finetune.py"])
-def test_two_gloo_ranks_keep_one_model_and_print_the_result(shapes, tmp_path, script):
+def test_two_gloo_ranks_keep_one_model_and_print_the_result(tiny_task, tmp_path, script):
     process = _spawn("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                      str(ROOT / "recipes" / script),
-                     *flags(shapes, tmp_path, "--checkpoint", "none"))
+                     *flags(tiny_task, tmp_path, "--checkpoint", "none"))
     output = _output(process, timeout=180)
     assert process.returncode == 0, output
     assert LINE.fullmatch(output.strip().splitlines()[-1]), output
@@ -57,21 +53,21 @@ def _scores(root: Path, runtime: Runtime) -> dict[str, float]:
 def _rank(rank: int, port: int, root: Path, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE="2")
-    runtime = setup("cpu", "gloo")
+    runtime = distributed.setup("cpu", "gloo")
     try:
         results.put((rank, _scores(root, runtime)))
     finally:
-        teardown()
+        distributed.teardown()
 
 
-def test_two_ranks_score_every_val_image_once_as_one_process_does(shapes):
+def test_two_ranks_score_every_val_image_once_as_one_process_does(tiny_task):
     """Each rank scores every other image and the counts are summed: the same top-1 / top-5 as
     one process scoring all 12 (an image counted twice or left out would move them)."""
-    single = _scores(shapes, Runtime(rank=0, local_rank=0, world_size=1,
+    single = _scores(tiny_task, Runtime(rank=0, local_rank=0, world_size=1,
                                      device=torch.device("cpu")))
     context = multiprocessing.get_context("spawn")
     results, port = context.Queue(), _free_port()
-    ranks = [context.Process(target=_rank, args=(rank, port, shapes, results))
+    ranks = [context.Process(target=_rank, args=(rank, port, tiny_task, results))
              for rank in range(2)]
     for process in ranks:
         process.start()

@@ -7,7 +7,7 @@ import dataclasses
 import gmae_finetune as recipe
 import pytest
 import torch
-from classify_runs import LINE, flags, newest, records, write_tiny_task
+from classify_runs import LINE, flags, newest, records
 from splathead.adapters import export_timm
 from splathead_recipes.finetune import build_optimizer
 from test_finetune import _mae_layer_id
@@ -15,16 +15,12 @@ from test_recipe_encoders import pretraining_checkpoint
 from torch import nn
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return write_tiny_task(tmp_path_factory.mktemp("shapes") / "task")
-
-
 def test_fine_tune_of_a_pretraining_checkpoint_trains_everything_and_prints_the_final_epoch(
-        shapes, tmp_path, capsys):
+        tiny_task, tmp_path, capsys):
     gmae = pretraining_checkpoint(tmp_path / "pre" / "checkpoint-00000007.pt")
     output = tmp_path / "finetune"
-    args = flags(shapes, output, "--checkpoint", str(tmp_path / "pre" / "checkpoint-00000007.pt"),
+    args = flags(tiny_task, output, "--checkpoint",
+                 str(tmp_path / "pre" / "checkpoint-00000007.pt"),
                  "--model-ema", "--model-ema-warmup")
     args.remove("--model"), args.remove("gmae_vit_tiny")  # the checkpoint's
     assert recipe.main(args) == 0
@@ -50,12 +46,12 @@ def test_fine_tune_of_a_pretraining_checkpoint_trains_everything_and_prints_the_
     assert not torch.equal(ema["module.head.weight"], state["model"]["head.weight"])
 
 
-def test_resume_is_bit_exact_with_mixup_randaugment_erasing_and_ema(shapes, tmp_path, capsys):
+def test_resume_is_bit_exact_with_mixup_randaugment_erasing_and_ema(tiny_task, tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     ema = ("--model-ema", "--model-ema-decay", "0.5")
-    assert recipe.main(flags(shapes, straight, *ema)) == 0
-    assert recipe.main(flags(shapes, resumed, *ema, "--max-steps", "3")) == 0
-    assert recipe.main(flags(shapes, resumed, *ema, "--resume", "auto")) == 0
+    assert recipe.main(flags(tiny_task, straight, *ema)) == 0
+    assert recipe.main(flags(tiny_task, resumed, *ema, "--max-steps", "3")) == 0
+    assert recipe.main(flags(tiny_task, resumed, *ema, "--resume", "auto")) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if LINE.fullmatch(line)]
     assert lines[0] == lines[-1]
     for part in ("model", "optimizer"):
@@ -72,7 +68,7 @@ def test_resume_is_bit_exact_with_mixup_randaugment_erasing_and_ema(shapes, tmp_
 
 
 @pytest.mark.parametrize("source", ["none", "pretraining", "export"])
-def test_every_encoder_source_gives_maes_fine_tuning_model(shapes, tmp_path, source):
+def test_every_encoder_source_gives_maes_fine_tuning_model(tiny_task, tmp_path, source):
     more, pretrained = [], None
     if source != "none":
         pretrained = pretraining_checkpoint(tmp_path / "checkpoint-00000007.pt").encoder.vit
@@ -80,7 +76,7 @@ def test_every_encoder_source_gives_maes_fine_tuning_model(shapes, tmp_path, sou
         if source == "export":
             path = export_timm(pretrained, tmp_path / "encoder.safetensors")
         more = ["--checkpoint", str(path)]
-    config = recipe.parse_finetune(flags(shapes, tmp_path / "unused", *more))
+    config = recipe.parse_finetune(flags(tiny_task, tmp_path / "unused", *more))
     if source == "pretraining":
         config = dataclasses.replace(config, model=None)  # the checkpoint's
     model = recipe.build_classifier(config, num_classes=4)
@@ -99,14 +95,15 @@ def test_every_encoder_source_gives_maes_fine_tuning_model(shapes, tmp_path, sou
         assert scales[id(param)] == pytest.approx(0.65 ** (4 - _mae_layer_id(name, 4))), name
 
 
-def test_bad_flags_exit_2_before_work(shapes, tmp_path, capsys):
-    assert recipe.main(flags(shapes, tmp_path / "a", "--batch-size", "6", "--accum-steps",
+def test_bad_flags_exit_2_before_work(tiny_task, tmp_path, capsys):
+    assert recipe.main(flags(tiny_task, tmp_path / "a", "--batch-size", "6", "--accum-steps",
                              "2")) == 2
     assert "even" in capsys.readouterr().err
-    assert recipe.main(flags(shapes, tmp_path / "b", "--layer-decay", "0")) == 2
+    assert recipe.main(flags(tiny_task, tmp_path / "b", "--layer-decay", "0")) == 2
     assert "--layer-decay" in capsys.readouterr().err
-    assert recipe.main(flags(shapes, tmp_path / "c", "--auto-augment", "bogus")) == 2
+    assert recipe.main(flags(tiny_task, tmp_path / "c", "--auto-augment", "bogus")) == 2
     assert "--auto-augment 'bogus'" in capsys.readouterr().err
-    assert recipe.main(flags(shapes, tmp_path / "d", "--checkpoint", str(tmp_path / "no.pt"))) == 2
+    no_file = str(tmp_path / "no.pt")
+    assert recipe.main(flags(tiny_task, tmp_path / "d", "--checkpoint", no_file)) == 2
     assert "--checkpoint" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abcd")

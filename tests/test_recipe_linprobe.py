@@ -4,24 +4,19 @@ from __future__ import annotations
 
 
 import gmae_linprobe as recipe
-import pytest
 import torch
-from classify_runs import LINE, flags, newest, records, write_tiny_task
+from classify_runs import LINE, flags, newest, records
 from splathead_recipes.classify import cross_entropy
 from splathead_recipes.data import Batch
 from test_recipe_encoders import pretraining_checkpoint
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return write_tiny_task(tmp_path_factory.mktemp("shapes") / "task")
-
-
 def test_probe_of_a_pretraining_checkpoint_trains_the_head_only_and_prints_the_best(
-        shapes, tmp_path, capsys):
+        tiny_task, tmp_path, capsys):
     gmae = pretraining_checkpoint(tmp_path / "pre" / "checkpoint-00000007.pt")
     output = tmp_path / "probe"
-    args = flags(shapes, output, "--checkpoint", str(tmp_path / "pre" / "checkpoint-00000007.pt"))
+    args = flags(tiny_task, output, "--checkpoint",
+                 str(tmp_path / "pre" / "checkpoint-00000007.pt"))
     args.remove("--model"), args.remove("gmae_vit_tiny")  # the checkpoint's
     assert recipe.main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -41,8 +36,8 @@ def test_probe_of_a_pretraining_checkpoint_trains_the_head_only_and_prints_the_b
     assert "head.0.running_mean" in state and "head.0.weight" not in state  # BN, affine off
 
 
-def test_only_the_head_gets_gradients(shapes):
-    config = recipe.parse_linprobe(flags(shapes, "unused"))
+def test_only_the_head_gets_gradients(tiny_task):
+    config = recipe.parse_linprobe(flags(tiny_task, "unused"))
     probe = recipe.build_probe(config, num_classes=4)
     before = {name: p.detach().clone() for name, p in probe.named_parameters()}
     loss, _ = cross_entropy(probe, Batch(torch.randn(4, 3, 32, 32), torch.arange(4), 0))
@@ -55,11 +50,11 @@ def test_only_the_head_gets_gradients(shapes):
         assert torch.equal(p, before[name]) != (name in trainable), name
 
 
-def test_resume_is_bit_exact(shapes, tmp_path, capsys):
+def test_resume_is_bit_exact(tiny_task, tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert recipe.main(flags(shapes, straight, "--checkpoint", "none")) == 0
-    assert recipe.main(flags(shapes, resumed, "--checkpoint", "none", "--max-steps", "3")) == 0
-    assert recipe.main(flags(shapes, resumed, "--checkpoint", "none", "--resume", "auto")) == 0
+    assert recipe.main(flags(tiny_task, straight, "--checkpoint", "none")) == 0
+    assert recipe.main(flags(tiny_task, resumed, "--checkpoint", "none", "--max-steps", "3")) == 0
+    assert recipe.main(flags(tiny_task, resumed, "--checkpoint", "none", "--resume", "auto")) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if LINE.fullmatch(line)]
     assert lines[0] == lines[-1]
     for name, tensor in newest(straight)["model"].items():
@@ -72,13 +67,14 @@ def test_resume_is_bit_exact(shapes, tmp_path, capsys):
     assert comparable(resumed, stop_step=3) == comparable(straight)
 
 
-def test_bad_flags_exit_2_before_work(shapes, tmp_path, capsys):
-    assert recipe.main(flags(shapes, tmp_path / "a", "--checkpoint", str(tmp_path / "no.pt"))) == 2
+def test_bad_flags_exit_2_before_work(tiny_task, tmp_path, capsys):
+    no_file = str(tmp_path / "no.pt")
+    assert recipe.main(flags(tiny_task, tmp_path / "a", "--checkpoint", no_file)) == 2
     assert "--checkpoint" in capsys.readouterr().err
-    assert recipe.main(flags(shapes, tmp_path / "b", "--model", "no_such_vit")) == 2
+    assert recipe.main(flags(tiny_task, tmp_path / "b", "--model", "no_such_vit")) == 2
     assert "--model 'no_such_vit'" in capsys.readouterr().err
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "metrics.jsonl").write_text("{}\n")
-    assert recipe.main(flags(shapes, tmp_path / "c")) == 2
+    assert recipe.main(flags(tiny_task, tmp_path / "c")) == 2
     assert "another run's files" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
