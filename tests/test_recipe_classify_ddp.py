@@ -67,12 +67,17 @@ def test_two_ranks_score_every_val_image_once_as_one_process_does(tiny_task):
                                      device=torch.device("cpu")))
     context = multiprocessing.get_context("spawn")
     results, port = context.Queue(), _free_port()
-    ranks = [context.Process(target=_rank, args=(rank, port, tiny_task, results))
+    ranks = [context.Process(target=_rank, args=(rank, port, tiny_task, results), daemon=True)
              for rank in range(2)]
     for process in ranks:
         process.start()
-    scores = dict(results.get(timeout=120) for _ in ranks)
-    for process in ranks:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    try:
+        scores = dict(results.get(timeout=120) for _ in ranks)
+        for process in ranks:
+            process.join(timeout=60)
+            assert process.exitcode == 0
+    finally:  # a failed or stuck rank never outlives the test
+        for process in ranks:
+            process.kill()
+            process.join()
     assert scores[0] == scores[1] == single
