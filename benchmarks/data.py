@@ -1,27 +1,32 @@
 """Input pipeline speed: the recipe's loader against the torchvision pipeline it replaced.
 
     python benchmarks/data.py --images ../shared/data/bsds500/val/images
-    python benchmarks/data.py --images DIR --img-size 112 --workers 1 2 4
+    python benchmarks/data.py --images DIR --img-size 112 --workers 1 2 4 --device cuda
 
-Both pipelines read the same files through the same sampler and DataLoader settings:
+The pipelines read the same files through the same sampler and DataLoader settings:
 
 - torchvision (the recipe's pipeline before uint8 batches): full PIL decode, RandomResizedCrop
   (bicubic) + flip + ToTensor + Normalize in the worker under ``torch.random.fork_rng``, float32
   batches;
 - recipe: :class:`~splathead_recipes.crops.TrainCrop` (private generator, JPEG draft decoding,
-  uint8 batches), plus the device-side normalisation in the main process, timed with it;
-- recipe without draft: the same with ``--no-jpeg-draft``: the torchvision pipeline's crop boxes
-  and flips, pixels within one level of PIL's resize (measured here on every file).
+  uint8 batches), plus the normalisation on ``--device`` in the main process, timed with it;
+- recipe, no draft: the same with ``--no-jpeg-draft``: the torchvision pipeline's crop boxes
+  and flips; the pixels differ only by the resize (torch's uint8 bicubic against PIL's), which
+  this script measures on every file;
+- recipe, --gpu-decode: the workers send JPEG files and crop boxes, and the main process
+  decodes, crops and normalises them on ``--device`` (nvJPEG on CUDA; on the CPU its main
+  process column shows what the workers were spared).
 
-Prints a markdown table and, as its last line, ``speedup=X.XX``: recipe over torchvision,
-images/s per worker, with one worker. Per worker means per second of the worker processes' CPU
-time (user + system, from ``getrusage`` once they have exited): the rate a worker reaches with a
-core to itself. Wall-clock images/s are printed beside it (on a shared machine they mostly
-measure what else is running), and the main process's CPU time per image (receiving batches;
-for the recipe also normalising them, which a GPU run does on the device). Below the table: what
-the new pipeline and its draft decoding change in the pixels.
+Each pipeline is measured ``--rounds`` times, the pipelines taking turns, and the table gives the
+median and the range (single runs on a shared machine scatter by a third). Per worker means per
+second of the worker processes' CPU time (user + system, from ``getrusage`` once they have
+exited): the rate a worker reaches with a core to itself. Wall-clock images/s are printed
+beside it (on a shared machine they mostly measure what else is running), and the main
+process's CPU time per image (receiving batches and what it does on ``--device``). Below the
+table: what the recipe's pipeline and its draft decoding change in the pixels. The last line is
+``speedup=X.XX``: recipe over torchvision, median images/s per worker, with the first
+``--workers`` count.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -29,6 +34,7 @@ import dataclasses
 import gc
 import math
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -101,13 +107,15 @@ class Rates(NamedTuple):
     main_ms: float  # main-process CPU milliseconds per image
 
 
-def measure(loader: DataLoader) -> Rates:
-    """One epoch with normalised batches in hand, worker start-up and shutdown included."""
+def measure(loader: DataLoader, device: torch.device) -> Rates:
+    """One epoch with normalised batches on ``device``, worker start-up and shutdown included."""
     start_wall = time.perf_counter()
     start_main, start_workers = (cpu_seconds(resource.RUSAGE_SELF),
                                  cpu_seconds(resource.RUSAGE_CHILDREN))
     batches = iter(loader)
-    count = sum(batch.to(torch.device("cpu")).images.shape[0] for batch in batches)
+    count = sum(batch.to(device).images.shape[0] for batch in batches)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     wall = time.perf_counter() - start_wall
     main = cpu_seconds(resource.RUSAGE_SELF) - start_main
     del batches
@@ -137,13 +145,15 @@ def pixel_differences(config: Config, root: Path, count: int) -> str:
         reference = baseline[item].image  # normalised floats: back to uint8 levels
         levels = reference * torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None] + torch.tensor(
             IMAGENET_DEFAULT_MEAN)[:, None, None]
-        tensor_errors.append((levels * 255 - full_crop.float()).abs().max().item())
+        tensor_errors.append((levels * 255 - full_crop.float()).abs())
         draft_crop = draft[item].image
         if not torch.equal(draft_crop, full_crop):
             draft_scores.append(psnr(draft_crop, full_crop))
             draft_errors.append((draft_crop.int() - full_crop.int()).abs().max().item())
-    lines = [f"recipe without draft against torchvision: largest difference "
-             f"{max(tensor_errors):.2f} / 255 over {count} crops",
+    errors = torch.stack(tensor_errors)
+    lines = [f"recipe without draft against torchvision over {count} crops: mean difference "
+             f"{errors.mean():.3f} / 255, {(errors > 1.01).float().mean():.2%} of values more than "
+             f"one level apart, largest {errors.max():.0f} / 255",
              f"draft decoding applied to {len(draft_scores)} of {count} crops"]
     if draft_scores:
         lines[-1] += (f": PSNR against the full decode {min(draft_scores):.1f} to "
@@ -175,9 +185,16 @@ def main() -> None:
                         choices=range(1, 65), metavar="N")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples", type=int, default=1024, help="images per measurement")
+    parser.add_argument("--rounds", type=int, default=3, choices=range(1, 100), metavar="N",
+                        help="measurements per pipeline (median reported), taking turns")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where batches are normalised (and --gpu-decode decodes)")
     args = parser.parse_args()
     if not args.images.is_dir():
         raise SystemExit(f"--images {args.images}: not a folder")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -191,18 +208,32 @@ def main() -> None:
                 rank=0, world_size=1, pin_memory=False)[0],
             "recipe": lambda c: build_loader(c, build_dataset(c), rank=0, world_size=1,
                                              pin_memory=False)[0],
+            f"recipe, --gpu-decode on {device.type}": lambda c: build_loader(
+                dataclasses.replace(c, gpu_decode=True),
+                build_dataset(dataclasses.replace(c, gpu_decode=True)),
+                rank=0, world_size=1, pin_memory=device.type == "cuda")[0],
         }
-        print(f"\n{num_files} files from {args.images} (read {args.samples // num_files + 1} times), {args.img_size} px "
-              f"crops, batch {args.batch_size}, torch threads {torch.get_num_threads()}\n")
-        print("| pipeline | workers | images / s per worker (CPU time) | images / s (wall clock) "
-              "| main process ms / image |\n|---|---:|---:|---:|---:|")
+        print(f"\n{num_files} files from {args.images} (each read "
+              f"{math.ceil(args.samples / num_files)} times), {args.img_size} px crops, batch "
+              f"{args.batch_size}, torch threads {torch.get_num_threads()}; medians of "
+              f"{args.rounds} rounds in which the pipelines take turns\n")
+        print("| pipeline | workers | images / s per worker (CPU time) | range over rounds "
+              "| images / s (wall clock) | main process ms / image |\n"
+              "|---|---:|---:|---:|---:|---:|")
         per_worker = {}
         for workers in args.workers:
-            for name, make in pipelines.items():
-                rates = measure(make(dataclasses.replace(config, num_workers=workers)))
-                per_worker[name, workers] = rates.worker_cpu
-                print(f"| {name} | {workers} | {rates.worker_cpu:.0f} | {rates.wall:.0f} | "
-                      f"{rates.main_ms:.2f} |")
+            runs: dict[str, list[Rates]] = {name: [] for name in pipelines}
+            for _ in range(args.rounds):
+                for name, make in pipelines.items():
+                    runs[name].append(measure(make(dataclasses.replace(
+                        config, num_workers=workers)), device))
+            for name, rates in runs.items():
+                worker_cpu = sorted(rate.worker_cpu for rate in rates)
+                per_worker[name, workers] = statistics.median(worker_cpu)
+                print(f"| {name} | {workers} | {per_worker[name, workers]:.0f} | "
+                      f"{worker_cpu[0]:.0f}-{worker_cpu[-1]:.0f} | "
+                      f"{statistics.median(rate.wall for rate in rates):.0f} | "
+                      f"{statistics.median(rate.main_ms for rate in rates):.2f} |")
         print(f"\n{pixel_differences(config, folder.parent, num_files)}")
         first = args.workers[0]
         print(f"speedup={per_worker['recipe', first] / per_worker['torchvision', first]:.2f}")

@@ -5,9 +5,10 @@
 #   command: bash benchmarks/gpu_check.sh
 #
 # The machine has Python 3.12, torch 2.11, timm, einops, jaxtyping, hypothesis, transformers and
-# scikit-image, but neither beartype nor gsplat (nor gsplat's ninja and rich): they travel as
-# wheels in .whl/, made here with
+# scikit-image, but neither beartype nor gsplat (nor gsplat's ninja and rich) nor simplejpeg (the
+# recipes' JPEG decoder): they travel as wheels in .whl/, made here with
 #   pip download --no-deps gsplat==1.5.3 beartype ninja rich markdown-it-py mdurl pygments -d .whl
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 simplejpeg -d .whl
 # and `/.whl/` in .git/info/exclude. gsplat compiles its CUDA
 # sources on first use (about a minute with 16 jobs). Every step runs even if an earlier one
 # failed; the summary table comes last, and logs land in $OUT when it is set.
@@ -48,6 +49,19 @@ step "render benchmark" python3 benchmarks/render.py --device cuda --configs 256
 step "train step" python3 benchmarks/train_step.py --config base --batch 256 --device cuda --profile
 step "train step compiled" python3 benchmarks/train_step.py --config base --batch 256 --device cuda \
     --compile
+# The input pipeline on 16 cores, --gpu-decode with nvJPEG: 100 JPEGs the size of BSDS500's,
+# made from scikit-image's photos (the machine has no dataset).
+step "sample JPEGs" python3 -c "
+import os, skimage.data
+from PIL import Image
+os.makedirs('/tmp/jpegs', exist_ok=True)
+photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+for index in range(100):
+    size = (481, 321) if index % 2 else (321, 481)
+    Image.fromarray(photos[index % 4]).resize(size).save(f'/tmp/jpegs/{index}.jpg', quality=90)
+"
+step "data benchmark" python3 benchmarks/data.py --images /tmp/jpegs --workers 1 4 \
+    --samples 2048 --rounds 2 --device cuda
 
 echo
 echo "| step | status | time |"
@@ -55,3 +69,4 @@ echo "|---|---|---:|"
 printf '%s\n' "${SUMMARY[@]}"
 grep -h '^| [0-9]' "$LOGS"/render_benchmark.log 2>/dev/null | sed 's/^/render: /'
 grep -h '^| \(MAE\|GMAE\)\|^online probes' "$LOGS"/train_step*.log 2>/dev/null | sed 's/^/train: /'
+grep -h '^| \(torchvision\|recipe\)\|^speedup' "$LOGS"/data_benchmark.log 2>/dev/null | sed 's/^/data: /'

@@ -55,6 +55,8 @@ class Config:
     hflip: bool = _opt(True, "random horizontal flips")
     jpeg_draft: bool = _opt(True, "decode a JPEG at 1/2, 1/4 or 1/8 size when the crop is at "
                             "least that many times the output size (libjpeg's scaled DCT)")
+    gpu_decode: bool = _opt(False, "decode JPEGs with nvJPEG on the GPU, crop and resize there; "
+                            "loader workers only read files and draw crops")
     num_workers: int = _opt(10, "data loader processes per GPU")
     pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
 
@@ -245,6 +247,11 @@ def _check_placement(config: Config, world_size: int, cuda_available: bool) -> s
     uses_cuda = config.device == "cuda" or (config.device == "auto" and cuda_available)
     if config.render_backend == "gsplat" and not uses_cuda:
         return "--render-backend gsplat needs CUDA; use torch (or auto) on CPU"
+    if config.gpu_decode and not uses_cuda:
+        return "--gpu-decode needs CUDA; leave it off on CPU (the workers decode)"
+    if config.gpu_decode and config.dataset != "imagefolder":
+        return (f"--gpu-decode reads JPEG files: it needs --dataset imagefolder, not "
+                f"{config.dataset}")
     return None
 
 

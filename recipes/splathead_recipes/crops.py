@@ -7,9 +7,10 @@ Where the time goes instead:
 
 - JPEGs decode with libjpeg-turbo (``simplejpeg``, which reads the header alone in about a
   microsecond) into a uint8 array, and the crop is resized on it as a channels-last tensor
-  (torchvision's uint8 bicubic with antialiasing, within one level of PIL's). What libjpeg-turbo
-  does not decode as it stands (CMYK, unusual subsampling, files with warnings) and other
-  formats go through PIL, which decides what is unreadable.
+  (torchvision's uint8 bicubic with antialiasing: mostly within one level of PIL's, a few
+  pixels at strong edges up to about 15 levels away; ``benchmarks/data.py`` measures it).
+  What libjpeg-turbo does not decode as it stands (CMYK, unusual subsampling, files with
+  warnings) and other formats go through PIL, which decides what is unreadable.
 - JPEG draft decoding: when the crop is at least ``2**k`` times the output size on both sides,
   PIL has libjpeg decode at ``1 / 2**k`` of the size (its scaled inverse DCT, ``k <= 3``) and
   resizes the crop from there, with the box at sub-pixel precision. The pixels change slightly
@@ -161,7 +162,7 @@ class TrainCrop:
     def from_pixels(self, pixels: UInt8[Tensor, "3 h w"], seed: int) -> UInt8[Tensor, "3 s s"]:
         """The crop of a decoded image."""
         box, flip = self.draw(seed, height=pixels.shape[1], width=pixels.shape[2])
-        return self._crop(pixels, box, flip)
+        return self.crop(pixels, box, flip)
 
     @typecheck
     def from_file(self, path: str | Path, seed: int,
@@ -176,7 +177,7 @@ class TrainCrop:
             box, flip = self.draw(seed, height=size[0], width=size[1])
             reduction = jpeg_reduction(box, self.size) if self.jpeg_draft else 1
             if reduction == 1 and (pixels := decode_turbo_jpeg(data)) is not None:
-                return self._crop(pixels, box, flip)
+                return self.crop(pixels, box, flip)
         with open_image(data, path) as image:  # reads the header only
             box, flip = self.draw(seed, height=image.height, width=image.width)
             is_jpeg = image.format == "JPEG"
@@ -184,7 +185,7 @@ class TrainCrop:
             if reduction > 1:
                 image.draft("RGB", (image.width // reduction, image.height // reduction))
                 return self._flip(self._reduced_crop(to_rgb(image), box, reduction), flip)
-            return self._crop(F.pil_to_tensor(to_rgb(image)), box, flip)
+            return self.crop(F.pil_to_tensor(to_rgb(image)), box, flip)
 
     def _reduced_crop(self, image: Image.Image, box: CropBox, reduction: int) -> torch.Tensor:
         # The box at sub-pixel precision on the reduced image: PIL samples between its pixels.
@@ -194,9 +195,17 @@ class TrainCrop:
                                  top + box.height / reduction))
         return F.pil_to_tensor(crop)
 
-    def _crop(self, pixels: torch.Tensor, box: CropBox, flip: bool) -> torch.Tensor:
-        crop = F.resized_crop(pixels, *box, [self.size, self.size],
+    @typecheck
+    def crop(self, pixels: UInt8[Tensor, "3 h w"], box: CropBox,
+             flip: bool) -> UInt8[Tensor, "3 s s"]:
+        """``box`` of decoded ``pixels`` resized to the output size (bicubic, antialiased) and
+        flipped if ``flip``, on the pixels' device (torch resizes uint8 on the CPU only;
+        elsewhere the resize runs in float32, rounded back to uint8)."""
+        on_cpu = pixels.device.type == "cpu"
+        crop = F.resized_crop(pixels if on_cpu else pixels.float(), *box, [self.size, self.size],
                               interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if not on_cpu:
+            crop = crop.round_().clamp_(0, 255).to(torch.uint8)
         return self._flip(crop, flip)
 
     @staticmethod

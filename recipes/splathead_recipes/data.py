@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from torchvision import datasets
 
 from splathead_recipes.config import Config, ConfigError
-from splathead_recipes.crops import TrainCrop, normalize
+from splathead_recipes.crops import CentreCrop, TrainCrop, normalize
+from splathead_recipes.device_decode import EncodedBatch, EncodedCrop, EncodedTrainCrop
 
 log = logging.getLogger("gmae")
 
@@ -33,21 +34,26 @@ _MAX_SUBSTITUTES = 32
 
 
 class Sample(NamedTuple):
-    image: torch.Tensor  # [3 h w] uint8 RGB
+    image: torch.Tensor | EncodedCrop  # [3 h w] uint8 RGB, or a JPEG to decode on the device
     label: int
     substituted: bool  # the file at the sampled index was unreadable; a neighbour stands in
 
 
 class Batch(NamedTuple):
-    images: torch.Tensor  # [b 3 h w]: uint8 RGB from the loader, ImageNet-normalised after to()
+    # [b 3 h w]: uint8 RGB from the loader (or JPEGs, --gpu-decode), ImageNet-normalised after to()
+    images: torch.Tensor | EncodedBatch
     labels: torch.Tensor  # [b] class indices (ImageFolder's; the photo index; 0 for noise)
     num_skipped: int  # samples whose file was unreadable (replaced by a neighbour)
 
     def to(self, device: torch.device) -> Batch:
-        """On ``device``, uint8 images normalised there (timm's PrefetchLoader pattern)."""
-        images = self.images.to(device, non_blocking=True)
-        return self._replace(images=normalize(images) if images.dtype == torch.uint8 else images,
-                             labels=self.labels.to(device, non_blocking=True))
+        """On ``device``, uint8 images normalised there (timm's PrefetchLoader pattern), JPEGs
+        decoded there first."""
+        images, skipped = self.images, 0
+        if isinstance(images, EncodedBatch):
+            images, skipped = images.decode(device)
+        images = images.to(device, non_blocking=True)
+        return Batch(normalize(images) if images.dtype == torch.uint8 else images,
+                     self.labels.to(device, non_blocking=True), self.num_skipped + skipped)
 
 
 def train_crop(config: Config) -> TrainCrop:
@@ -81,7 +87,7 @@ class SafeImageFolder(datasets.ImageFolder):
     logged once per file (per worker) and counted in :attr:`Batch.num_skipped`.
     """
 
-    def __init__(self, root: str | Path, crop: TrainCrop) -> None:
+    def __init__(self, root: str | Path, crop: TrainCrop | CentreCrop | EncodedTrainCrop) -> None:
         super().__init__(str(root))
         self.crop = crop
         self._warned: set[str] = set()
@@ -184,6 +190,8 @@ def _ignore_stop_signals(worker_id: int) -> None:
 def collate(samples: list[Sample]) -> Batch:
     """Samples into one :class:`Batch` (the loaders' ``collate_fn``)."""
     images, labels, substituted = zip(*samples)
+    if any(isinstance(image, EncodedCrop) for image in images):
+        return Batch(EncodedBatch.pack(list(images)), torch.tensor(labels), sum(substituted))
     # default_collate stacks straight into shared memory in a worker (one copy fewer).
     return Batch(default_collate(images), torch.tensor(labels), sum(substituted))
 
@@ -194,8 +202,9 @@ def build_dataset(config: Config) -> Dataset:
     if config.dataset == "photos":
         return PhotoCrops(train_crop(config), length=config.samples_per_epoch)
     root = Path(config.data_path) / "train"
+    crop = EncodedTrainCrop(train_crop(config)) if config.gpu_decode else train_crop(config)
     try:
-        return SafeImageFolder(root, train_crop(config))
+        return SafeImageFolder(root, crop)
     except FileNotFoundError as error:  # no class folder, or no image file in any of them
         raise ConfigError(f"--data-path {config.data_path}: {error}; expected "
                           f"{root}/<class>/<image>") from None

@@ -1,0 +1,124 @@
+"""--gpu-decode: workers send JPEG files and crop boxes, the training process decodes them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from splathead_recipes.config import PRESETS, ConfigError, validate
+from splathead_recipes.crops import TrainCrop
+from splathead_recipes.data import build_dataset, build_loader, to_rgb
+from splathead_recipes.device_decode import EncodedBatch, EncodedCrop, EncodedTrainCrop
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth colour image (JPEG-compresses like a photo)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return np.array(Image.fromarray(small).resize((width, height), Image.BICUBIC))
+
+
+def image_folder(root, count: int = 6):
+    """``root/train/a/``: plain JPEGs of several sizes, one CMYK JPEG and one PNG (the last two
+    are cropped by the workers even with --gpu-decode)."""
+    folder = root / "train" / "a"
+    folder.mkdir(parents=True)
+    for index in range(count):
+        Image.fromarray(photo(70 + 9 * index, 90 + 5 * index, index)).save(
+            folder / f"{index}.jpg", quality=95)
+    Image.fromarray(photo(80, 100, 7)).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    Image.fromarray(photo(80, 100, 8)).save(folder / "png.png")
+    return folder
+
+
+def loader_images(config, workers: int = 2) -> tuple[torch.Tensor, int]:
+    """Every crop of one epoch, moved to (decoded on) the CPU, and the number replaced."""
+    config = dataclasses.replace(config, num_workers=workers)
+    loader, _ = build_loader(config, build_dataset(config), rank=0, world_size=1,
+                             pin_memory=False)
+    batches = [batch.to(torch.device("cpu")) for batch in loader]
+    return torch.cat([batch.images for batch in batches]), sum(b.num_skipped for b in batches)
+
+
+@pytest.fixture
+def config(tmp_path):
+    image_folder(tmp_path)
+    return dataclasses.replace(PRESETS["demo"], dataset="imagefolder", data_path=str(tmp_path),
+                               img_size=32, batch_size=4, jpeg_draft=False)
+
+
+def test_device_decoded_batches_equal_the_workers_crops(config):
+    # On the CPU the device decoder is libjpeg-turbo too, so the pixels must match exactly:
+    # the same files, boxes, flips and resize, whichever process decodes.
+    decoded, skipped = loader_images(dataclasses.replace(config, gpu_decode=True))
+    expected, _ = loader_images(config)
+    assert skipped == 0
+    assert torch.equal(decoded, expected)
+
+
+def test_batches_carry_files_for_plain_jpegs_and_pixels_for_the_rest(config):
+    dataset = build_dataset(dataclasses.replace(config, gpu_decode=True))
+    samples = {path.rsplit("/", 1)[-1]: dataset[(index, 0)].image
+               for index, (path, _) in enumerate(dataset.samples)}
+    assert isinstance(samples["0.jpg"], EncodedCrop)
+    with open(f"{dataset.root}/a/0.jpg", "rb") as file:
+        assert bytes(samples["0.jpg"].data.numpy()) == file.read()
+    for name in ("cmyk.jpg", "png.png"):
+        assert samples[name].dtype == torch.uint8 and samples[name].shape == (3, 32, 32)
+
+
+def test_an_undecodable_jpeg_is_replaced_by_another_crop_and_counted(tmp_path, caplog):
+    crop = TrainCrop(32, (0.08, 1.0))
+    for index in range(3):
+        Image.fromarray(photo(60, 80, index)).save(tmp_path / f"{index}.jpg", quality=95)
+    data = (tmp_path / "1.jpg").read_bytes()
+    (tmp_path / "1.jpg").write_bytes(data[: len(data) // 2])  # the header reads, the data ends
+    encoder = EncodedTrainCrop(crop)
+    samples = [encoder.from_file(tmp_path / f"{index}.jpg", index, to_rgb) for index in range(3)]
+    images, replaced = EncodedBatch.pack(samples).decode(torch.device("cpu"))
+    assert replaced == 1 and "undecodable" in caplog.text
+    assert torch.equal(images[0], crop.from_file(tmp_path / "0.jpg", 0, to_rgb))
+    assert torch.equal(images[2], crop.from_file(tmp_path / "2.jpg", 2, to_rgb))
+    assert any(torch.equal(images[1], images[other]) for other in (0, 2))
+
+
+def test_a_batch_of_undecodable_jpegs_is_an_error(tmp_path):
+    Image.fromarray(photo(60, 80)).save(tmp_path / "a.jpg", quality=95)
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "a.jpg").write_bytes(data[: len(data) // 2])
+    sample = EncodedTrainCrop(TrainCrop(32, (0.08, 1.0))).from_file(tmp_path / "a.jpg", 0, to_rgb)
+    with pytest.raises(RuntimeError, match="none of the batch's 1 JPEG files decodes"):
+        EncodedBatch.pack([sample]).decode(torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"device": "cpu"}, "--gpu-decode needs CUDA"),
+    ({"device": "auto"}, "--gpu-decode needs CUDA"),
+])
+def test_gpu_decode_needs_cuda(config, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(dataclasses.replace(config, gpu_decode=True, **changes), world_size=1,
+                 cuda_available=False)
+
+
+def test_gpu_decode_needs_an_image_folder(config):
+    with pytest.raises(ConfigError, match="--gpu-decode reads JPEG files"):
+        validate(dataclasses.replace(config, gpu_decode=True, dataset="photos", device="cuda"),
+                 world_size=1, cuda_available=True)
+
+
+@pytest.mark.cuda
+def test_nvjpeg_crops_are_within_a_few_levels_of_the_workers(config):
+    dataset = build_dataset(dataclasses.replace(config, gpu_decode=True))
+    samples = [dataset[(index, index)].image for index in range(len(dataset))]
+    images, replaced = EncodedBatch.pack(samples).decode(torch.device("cuda"))
+    expected, _ = EncodedBatch.pack(samples).decode(torch.device("cpu"))
+    assert replaced == 0 and images.device.type == "cuda" and images.dtype == torch.uint8
+    difference = (images.cpu().float() - expected.float()).abs()
+    mse = difference.pow(2).mean().item()
+    assert difference.mean() < 2 and (mse == 0 or 10 * math.log10(255**2 / mse) > 35)
