@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
+import gmae_imagenet as recipe
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,30 @@ def test_nvjpeg_crops_are_within_a_few_levels_of_the_workers(config):
     difference = (images.cpu().float() - expected.float()).abs()
     mse = difference.pow(2).mean().item()
     assert difference.mean() < 2 and (mse == 0 or 10 * math.log10(255**2 / mse) > 35)
+
+
+# The pretraining recipe at 32 px with 16 Gaussians on ``image_folder``'s eight files.
+TINY = ["--preset", "demo", "--img-size", "32", "--num-gaussians", "16", "--batch-size", "4",
+        "--dataset", "imagefolder", "--log-every", "1", "--image-every", "0", "--eval-every", "0",
+        "--gpu-decode"]
+
+
+def test_the_recipe_refuses_gpu_decode_on_cpu_before_training(tmp_path, capsys, caplog):
+    image_folder(tmp_path / "data")
+    output = tmp_path / "out"
+    assert recipe.main([*TINY, "--data-path", str(tmp_path / "data"), "--device", "cpu",
+                        "--output-dir", str(output)]) == 2
+    assert "--gpu-decode needs CUDA" in capsys.readouterr().err + caplog.text
+    assert not output.exists() or not any(output.iterdir())
+
+
+@pytest.mark.cuda
+def test_the_recipe_pretrains_on_gpu_decoded_batches(tmp_path):
+    image_folder(tmp_path / "data")
+    assert recipe.main([*TINY, "--data-path", str(tmp_path / "data"), "--device", "cuda",
+                        "--num-workers", "2", "--epochs", "2",
+                        "--output-dir", str(tmp_path / "out")]) == 0
+    records = [json.loads(line) for line in
+               (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in records if "loss" in record]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
