@@ -51,8 +51,9 @@ class EncodedTrainCrop:
 
     train_crop: TrainCrop
 
-    def from_file(self, path: str | Path, seed: int,
-                  to_rgb: Callable[[Image.Image], Image.Image]) -> EncodedCrop | torch.Tensor:
+    @typecheck
+    def from_file(self, path: str | Path, seed: int, to_rgb: Callable[[Image.Image], Image.Image]
+                  ) -> EncodedCrop | UInt8[Tensor, "3 s s"]:
         """The file and its crop box, or (other files) the crop as ``TrainCrop`` makes it.
 
         Raises:
@@ -79,7 +80,8 @@ class EncodedBatch(NamedTuple):
     train_crop: TrainCrop
 
     @classmethod
-    def pack(cls, images: list[EncodedCrop | torch.Tensor]) -> EncodedBatch:
+    @typecheck
+    def pack(cls, images: list[EncodedCrop | UInt8[Tensor, "3 s s"]]) -> EncodedBatch:
         """One batch from a collate function's samples: uint8 crops and at least one
         :class:`EncodedCrop`."""
         encoded = [(at, image) for at, image in enumerate(images)
