@@ -5,10 +5,12 @@
 #   command: bash benchmarks/gpu_check.sh
 #
 # The machine has Python 3.12, torch 2.11, timm, einops, jaxtyping, hypothesis, transformers and
-# scikit-image, but neither beartype nor gsplat (nor gsplat's ninja and rich) nor simplejpeg (the
-# recipes' JPEG decoder): they travel as wheels in .whl/, made here with
+# scikit-image, but neither beartype nor gsplat (nor gsplat's ninja and rich), nor what the
+# recipes import beyond those (simplejpeg, torchmetrics, TensorBoard's writer): they travel as
+# wheels in .whl/, made here with
 #   pip download --no-deps gsplat==1.5.3 beartype ninja rich markdown-it-py mdurl pygments -d .whl
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 simplejpeg -d .whl
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 simplejpeg torchmetrics \
+#       lightning-utilities tensorboard protobuf absl-py -d .whl
 # and `/.whl/` in .git/info/exclude. gsplat compiles its CUDA
 # sources on first use (about a minute with 16 jobs). Every step runs even if an earlier one
 # failed; the summary table comes last, and logs land in $OUT when it is set.
