@@ -10,6 +10,8 @@ import gmae_imagenet as recipe
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from splathead_recipes.config import PRESETS, ConfigError, validate
@@ -72,6 +74,31 @@ def test_batches_carry_files_for_plain_jpegs_and_pixels_for_the_rest(config):
         assert bytes(samples["0.jpg"].data.numpy()) == file.read()
     for name in ("cmyk.jpg", "png.png"):
         assert samples[name].dtype == torch.uint8 and samples[name].shape == (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def jpeg_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("jpegs")
+    for index in range(3):
+        Image.fromarray(photo(40 + 8 * index, 56, index)).save(folder / f"{index}.jpg", quality=90)
+    return sorted(folder.glob("*.jpg"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(picks=st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 2**31)),
+                      min_size=1, max_size=6).filter(lambda picks: any(p[0] for p in picks)))
+def test_a_decoded_batch_holds_every_sample_at_its_place(jpeg_files, picks):
+    # Any mix of files sent encoded and crops the workers made comes back in batch order, each
+    # crop what TrainCrop makes of its file and seed (decoded in full: no draft on the device).
+    crop = TrainCrop(16, (0.08, 1.0), jpeg_draft=False)
+    encoder = EncodedTrainCrop(crop)
+    samples = [encoder.from_file(jpeg_files[file], seed, to_rgb) if encoded
+               else crop.from_file(jpeg_files[file], seed, to_rgb)
+               for encoded, file, seed in picks]
+    images, replaced = EncodedBatch.pack(samples).decode(torch.device("cpu"))
+    expected = torch.stack([crop.from_file(jpeg_files[file], seed, to_rgb)
+                            for _, file, seed in picks])
+    assert replaced == 0 and torch.equal(images, expected)
 
 
 def test_an_undecodable_jpeg_is_replaced_by_another_crop_and_counted(tmp_path, caplog):

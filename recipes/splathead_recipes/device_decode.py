@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from jaxtyping import UInt8
@@ -47,7 +48,8 @@ class EncodedCrop(NamedTuple):
 @dataclass(frozen=True)
 class EncodedTrainCrop:
     """:class:`~.crops.TrainCrop`'s augmentation with the decoding left to the device: same calls
-    as ``TrainCrop.from_file``, returning an :class:`EncodedCrop` for plain JPEGs."""
+    as ``TrainCrop.from_file``, returning an :class:`EncodedCrop` for plain JPEGs (decoded in
+    full on the device: ``jpeg_draft`` applies only to the files cropped here)."""
 
     train_crop: TrainCrop
 
