@@ -11,8 +11,10 @@ N(0, 0.01)), on the mean of the last block's patch tokens (``--global-pool avg``
 cls token. ``--preset paper``: timm's LARS (momentum 0.9, trust ratio on the weight matrix),
 batch 16384 (``--accum-steps`` makes any world size reach it), blr 0.1 (lr = blr x batch / 256),
 no weight decay, 90 epochs with 10 of warmup then cosine, RandomResizedCrop + flip; val/ in centre
-crops after every epoch. The last line is the best epoch's ``top1=XX.XX top5=YY.YY``, also in
-``metrics.jsonl``. Interrupted runs continue exactly with ``--resume auto``.
+crops after every epoch; ``--gpu-decode`` decodes the training JPEGs on the GPU (nvJPEG), the
+workers only reading files and drawing crops. The last line is the best epoch's
+``top1=XX.XX top5=YY.YY``, also in ``metrics.jsonl``. Interrupted runs continue exactly with
+``--resume auto``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from torch import nn
 from splathead_recipes.classify import (
     ClassifyConfig, build_classify_data, fit_classifier, validate_classify,
     write_demo_data, writes_demo_data)
-from splathead_recipes.config import ConfigError, parse_with, parser_for
+from splathead_recipes.config import (GPU_DECODE_HELP, ConfigError, check_gpu_decode,
+                                      parse_with, parser_for)
+from splathead_recipes.data import train_crop
+from splathead_recipes.device_decode import EncodedTrainCrop
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import attach_head, load_encoder
 from splathead_recipes.loop import run_recipe, seed_everything
@@ -43,6 +48,7 @@ class LinprobeConfig(ClassifyConfig):
     """Every setting of a linear probe; the ``paper`` preset is MAE's protocol."""
 
     momentum: float = dataclasses.field(default=0.9, metadata={"help": "LARS momentum"})
+    gpu_decode: bool = dataclasses.field(default=False, metadata={"help": GPU_DECODE_HELP})
 
 
 PRESETS: dict[str, LinprobeConfig] = {
@@ -68,10 +74,12 @@ def parse_linprobe(argv: list[str] | None = None) -> LinprobeConfig:
 
 
 def validate_linprobe(config: LinprobeConfig, *, world_size: int, cuda_available: bool) -> None:
-    """:func:`validate_classify` and the momentum; the data folder is not looked at when the
-    demo writes it first."""
+    """:func:`validate_classify`, the momentum and ``--gpu-decode``; the data folder is not
+    looked at when the demo writes it first."""
     if not 0 <= config.momentum < 1:
         raise ConfigError(f"--momentum must lie in [0, 1), got {config.momentum}")
+    if problem := check_gpu_decode(config, cuda_available):
+        raise ConfigError(problem)
     validate_classify(config, world_size=world_size, cuda_available=cuda_available,
                       check_data=not writes_demo_data(config))
 
@@ -103,7 +111,9 @@ def build_lars(probe: nn.Module, config: LinprobeConfig) -> Lars:
 
 def train(config: LinprobeConfig, runtime: Runtime) -> int:
     write_demo_data(config, runtime)
-    data = build_classify_data(config)
+    # --gpu-decode: the workers send JPEG files, Batch.to decodes them on the GPU.
+    data = build_classify_data(
+        config, crop=EncodedTrainCrop(train_crop(config)) if config.gpu_decode else None)
     seed_everything(config.seed)  # the same head on every rank
     probe = build_probe(config, data.num_classes).to(runtime.device)
     trainable = sum(p.numel() for p in probe.parameters() if p.requires_grad)

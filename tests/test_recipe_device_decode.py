@@ -7,6 +7,7 @@ import json
 import math
 
 import gmae_imagenet as recipe
+import gmae_linprobe
 import numpy as np
 import pytest
 import torch
@@ -178,3 +179,33 @@ def test_the_recipe_pretrains_on_gpu_decoded_batches(tmp_path):
                (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     losses = [record["loss"] for record in records if "loss" in record]
     assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+
+
+def jpeg_copy(task, root):
+    """``task``'s ImageFolder (PNG files) again as JPEG files under ``root``."""
+    for png in task.rglob("*.png"):
+        jpeg = root / png.relative_to(task).with_suffix(".jpg")
+        jpeg.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(png) as image:
+            image.convert("RGB").save(jpeg, quality=95)
+    return root
+
+
+def probe_flags(data, output_dir, *more):
+    return ["--preset", "demo", "--data-path", str(data), "--model", "gmae_vit_tiny",
+            "--patch-size", "8", "--batch-size", "8", "--num-workers", "2", "--epochs", "2",
+            "--warmup-epochs", "1", "--output-dir", str(output_dir), "--gpu-decode", *more]
+
+
+def test_the_linear_probe_refuses_gpu_decode_on_cpu_before_work(tiny_task, tmp_path, capsys):
+    assert gmae_linprobe.main(probe_flags(tiny_task, tmp_path / "out", "--device", "cpu")) == 2
+    assert "--gpu-decode needs CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.cuda
+def test_the_linear_probe_trains_on_gpu_decoded_batches(tiny_task, tmp_path, capsys):
+    data = jpeg_copy(tiny_task, tmp_path / "jpegs")
+    assert gmae_linprobe.main(probe_flags(data, tmp_path / "out", "--device", "cuda",
+                                          "--precision", "bf16")) == 0
+    assert "top1=" in capsys.readouterr().out

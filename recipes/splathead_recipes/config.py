@@ -21,6 +21,10 @@ from splathead_recipes.models import MODEL_FACTORIES
 IMAGENET_TRAIN_SIZE = 1_281_167
 
 
+GPU_DECODE_HELP = ("decode JPEGs with nvJPEG on the GPU, crop and resize there; loader workers "
+                   "only read files and draw crops")
+
+
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -55,8 +59,7 @@ class Config:
     hflip: bool = _opt(True, "random horizontal flips")
     jpeg_draft: bool = _opt(True, "decode a JPEG at 1/2, 1/4 or 1/8 size when the crop is at "
                             "least that many times the output size (libjpeg's scaled DCT)")
-    gpu_decode: bool = _opt(False, "decode JPEGs with nvJPEG on the GPU, crop and resize there; "
-                            "loader workers only read files and draw crops")
+    gpu_decode: bool = _opt(False, GPU_DECODE_HELP)
     num_workers: int = _opt(10, "data loader processes per GPU")
     pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
 
@@ -244,11 +247,10 @@ def _check_placement(config: Config, world_size: int, cuda_available: bool) -> s
     """The batch split over ranks and what the devices can do."""
     if problem := check_devices(config, world_size, cuda_available):
         return problem
-    uses_cuda = config.device == "cuda" or (config.device == "auto" and cuda_available)
-    if config.render_backend == "gsplat" and not uses_cuda:
+    if config.render_backend == "gsplat" and not uses_cuda(config, cuda_available):
         return "--render-backend gsplat needs CUDA; use torch (or auto) on CPU"
-    if config.gpu_decode and not uses_cuda:
-        return "--gpu-decode needs CUDA; leave it off on CPU (the workers decode)"
+    if problem := check_gpu_decode(config, cuda_available):
+        return problem
     if config.gpu_decode and config.dataset != "imagefolder":
         return (f"--gpu-decode reads JPEG files: it needs --dataset imagefolder, not "
                 f"{config.dataset}")
@@ -263,14 +265,25 @@ def check_devices(config: Any, world_size: int, cuda_available: bool) -> str | N
         return (f"--batch-size {config.batch_size} is not divisible by world size {world_size} "
                 f"x --accum-steps {config.accum_steps}; pick --accum-steps so that "
                 f"{config.batch_size} / ({world_size} x accum-steps) is a whole per-GPU batch")
-    uses_cuda = config.device == "cuda" or (config.device == "auto" and cuda_available)
     if config.device == "cuda" and not cuda_available:
         return "--device cuda but CUDA is not available; use --device cpu"
-    if config.backend == "nccl" and not uses_cuda:
+    if config.backend == "nccl" and not uses_cuda(config, cuda_available):
         return "--backend nccl needs CUDA; use --backend gloo (or auto) on CPU"
-    if config.precision != "fp32" and not uses_cuda:
+    if config.precision != "fp32" and not uses_cuda(config, cuda_available):
         return (f"--precision {config.precision} autocasts on CUDA only; use --precision fp32 "
                 f"on CPU")
+    return None
+
+
+def uses_cuda(config: Any, cuda_available: bool) -> bool:
+    """Whether a recipe's ``device`` setting lands on CUDA on this machine."""
+    return config.device == "cuda" or (config.device == "auto" and cuda_available)
+
+
+def check_gpu_decode(config: Any, cuda_available: bool) -> str | None:
+    """A recipe's ``gpu_decode`` against the device it runs on."""
+    if config.gpu_decode and not uses_cuda(config, cuda_available):
+        return "--gpu-decode needs CUDA; leave it off on CPU (the workers decode)"
     return None
 
 
