@@ -23,7 +23,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py csrc/jpeg_region.c | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # torch/torchvision come through pip first (it finds local wheels; uv would download CUDA builds).
 # uv then resolves every direct dependency to its lowest allowed version (--upgrade: replace what
 # torchvision pulled in, e.g. pillow) and keeps the installed torch, which the constraints pin.
-$(FLOOR_STAMP): pyproject.toml $(FLOOR_CONSTRAINTS)
+$(FLOOR_STAMP): pyproject.toml setup.py csrc/jpeg_region.c $(FLOOR_CONSTRAINTS)
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_BIN)/pip install -q --upgrade pip

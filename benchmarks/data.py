@@ -9,7 +9,10 @@ The pipelines read the same files through the same sampler and DataLoader settin
   (bicubic) + flip + ToTensor + Normalize in the worker under ``torch.random.fork_rng``, float32
   batches;
 - recipe: :class:`~splathead_recipes.crops.TrainCrop` (private generator, JPEG draft decoding,
-  uint8 batches), plus the normalisation on ``--device`` in the main process, timed with it;
+  only the crop's region decoded, uint8 batches), plus the normalisation on ``--device`` in the
+  main process, timed with it;
+- recipe, whole-image decode: the same, decoding JPEGs whole (as without the compiled
+  ``splathead._jpeg``): the same pixels;
 - recipe, no draft: the same with ``--no-jpeg-draft``: the torchvision pipeline's crop boxes
   and flips; the pixels differ only by the resize (torch's uint8 bicubic against PIL's), which
   this script measures on every file;
@@ -51,8 +54,9 @@ from torchvision.transforms import InterpolationMode
 # recipes/ is not installed; a script there finds splathead_recipes beside itself.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 from splathead_recipes.config import Config  # noqa: E402
-from splathead_recipes.data import (Batch, ResumableSampler, Sample, build_dataset,  # noqa: E402
-                                    build_loader, to_rgb)
+from splathead_recipes.crops import decode_region  # noqa: E402
+from splathead_recipes.data import (Batch, ResumableSampler, SafeImageFolder, Sample,  # noqa: E402
+                                    build_dataset, build_loader, to_rgb, train_crop)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -206,6 +210,10 @@ def main() -> None:
                 dataclasses.replace(c, jpeg_draft=False),
                 build_dataset(dataclasses.replace(c, jpeg_draft=False)),
                 rank=0, world_size=1, pin_memory=False)[0],
+            "recipe, whole-image decode": lambda c: build_loader(
+                c, SafeImageFolder(folder.parent, dataclasses.replace(train_crop(c),
+                                                                      region_decode=False)),
+                rank=0, world_size=1, pin_memory=False)[0],
             "recipe": lambda c: build_loader(c, build_dataset(c), rank=0, world_size=1,
                                              pin_memory=False)[0],
             f"recipe, --gpu-decode on {device.type}": lambda c: build_loader(
@@ -215,7 +223,8 @@ def main() -> None:
         }
         print(f"\n{num_files} files from {args.images} (each read "
               f"{math.ceil(args.samples / num_files)} times), {args.img_size} px crops, batch "
-              f"{args.batch_size}, torch threads {torch.get_num_threads()}; medians of "
+              f"{args.batch_size}, torch threads {torch.get_num_threads()}, splathead._jpeg "
+              f"{'built' if decode_region else 'missing (whole-image decodes only)'}; medians of "
               f"{args.rounds} rounds in which the pipelines take turns\n")
         print("| pipeline | workers | images / s per worker (CPU time) | range over rounds "
               "| images / s (wall clock) | main process ms / image |\n"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from photos import photo
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
@@ -19,13 +20,6 @@ from splathead_recipes.config import PRESETS
 from splathead_recipes.crops import (CentreCrop, CropBox, TrainCrop, decode_rgb, jpeg_reduction,
                                      normalize, random_crop_box)
 from splathead_recipes.data import build_dataset, build_loader, to_rgb
-
-
-def photo(height: int = 480, width: int = 640) -> np.ndarray:
-    """A smooth colour image (JPEG-compresses like a photo)."""
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    return np.array(Image.fromarray(small).resize((width, height), Image.BICUBIC))
 
 
 @settings(max_examples=60, deadline=None)

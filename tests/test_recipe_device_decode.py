@@ -8,24 +8,17 @@ import math
 
 import gmae_imagenet as recipe
 import gmae_linprobe
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from photos import photo
 from PIL import Image
 
 from splathead_recipes.config import PRESETS, ConfigError, validate
 from splathead_recipes.crops import TrainCrop
 from splathead_recipes.data import build_dataset, build_loader, to_rgb
 from splathead_recipes.device_decode import EncodedBatch, EncodedCrop, EncodedTrainCrop
-
-
-def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth colour image (JPEG-compresses like a photo)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    return np.array(Image.fromarray(small).resize((width, height), Image.BICUBIC))
 
 
 def image_folder(root, count: int = 6):

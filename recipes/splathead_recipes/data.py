@@ -192,8 +192,11 @@ def collate(samples: list[Sample]) -> Batch:
     images, labels, substituted = zip(*samples)
     if any(isinstance(image, EncodedCrop) for image in images):
         return Batch(EncodedBatch.pack(list(images)), torch.tensor(labels), sum(substituted))
-    # default_collate stacks straight into shared memory in a worker (one copy fewer).
-    return Batch(default_collate(images), torch.tensor(labels), sum(substituted))
+    # default_collate stacks straight into shared memory in a worker (one copy fewer). Stacked
+    # as [b h w 3]: a memcpy per crop (TrainCrop's are channels-last), the batch a channels-last
+    # view that normalize() makes contiguous on the device.
+    stacked = default_collate([image.permute(1, 2, 0) for image in images])
+    return Batch(stacked.permute(0, 3, 1, 2), torch.tensor(labels), sum(substituted))
 
 
 def build_dataset(config: Config) -> Dataset:
