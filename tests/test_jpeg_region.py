@@ -83,6 +83,29 @@ def test_train_crop_is_the_same_with_and_without_region_decoding(tmp_path_factor
     assert torch.equal(region.from_file(path, seed, to_rgb), whole.from_file(path, seed, to_rgb))
 
 
+@settings(max_examples=60, deadline=None)
+@given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255),
+                                st.sampled_from(["set", "cut", "insert"])), min_size=1, max_size=8),
+       progressive=st.booleans(), reduction=st.sampled_from([1, 2, 4, 8]))
+def test_damaged_files_give_none_a_value_error_or_the_region(edits, progressive, reduction):
+    # A worker must never crash on a bad file: whatever the bytes, the call returns.
+    data = bytearray(encode(photo(48, 40), grey=False, subsampling=2, progressive=progressive))
+    for where, value, edit in edits:
+        at = int(where * len(data))
+        if edit == "set":
+            data[at] = value
+        elif edit == "cut":
+            del data[at:at + value % 32 + 1]
+        else:
+            data[at:at] = bytes([value]) * (value % 8 + 1)
+    try:
+        pixels = decode_region(bytes(data), reduction, 1, 1, 4, 4)
+    except ValueError as error:  # the damaged header gives a smaller image
+        assert "lie outside" in str(error)
+        return
+    assert pixels is None or len(pixels) == 4 * 4 * 3
+
+
 def test_unreadable_data_and_other_colour_spaces_are_none():
     assert decode_region(b"not a jpeg", 1, 0, 0, 1, 1) is None
     cmyk = io.BytesIO()

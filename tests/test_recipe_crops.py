@@ -78,7 +78,7 @@ def test_jpeg_crop_without_draft_decodes_as_pil_does(tmp_path):
     save_jpeg(tmp_path / "a.jpg", photo())
     crop = TrainCrop(64, (0.5, 1.0), jpeg_draft=False)
     with Image.open(tmp_path / "a.jpg") as image:
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(crop.from_file(tmp_path / "a.jpg", 3, to_rgb),
                        crop.from_pixels(pixels.contiguous(), 3))
 
