@@ -1,6 +1,8 @@
 """The top-level adapters/ folder ships as splathead.adapters and never as a module `adapters`;
-every dependency declares the floor that `make test-floor` tests."""
+every dependency declares the floor that `make test-floor` tests; the optional C extension
+is built wherever it can be."""
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -8,9 +10,19 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).parents[1]
+
+
+def test_the_jpeg_extension_is_built_where_libjpeg_headers_are():
+    # setup.py builds it optionally: a build that quietly skipped it would leave every loader on
+    # whole-image decodes (tests/test_jpeg_region.py skips without it, so this guards them).
+    folders = [Path("/usr/include"), Path("/usr/local/include"), Path(sys.base_prefix, "include")]
+    if not any((folder / "jpeglib.h").exists() for folder in folders):
+        pytest.skip("no jpeglib.h here: the extension is optional")
+    assert importlib.util.find_spec("splathead._jpeg") is not None
 
 
 def test_wheel_holds_adapters_inside_splathead_only(tmp_path):
