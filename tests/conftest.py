@@ -26,6 +26,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder: relative defaults such as ``--output-dir
+    runs/demo`` then never meet (or write into) the checkout's own runs."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Fail any attempt to open a network connection (nothing may download at run time)."""
