@@ -21,7 +21,9 @@ patches at once. :func:`splathead.zeroshot.soft_edges` votes over depth layer co
 of the reconstructions are averaged and resized back to the image's size bilinearly. ``--order
 auto`` (default) picks the model's background end of the depth order once, from the first
 ``--batch-size`` images (:func:`splathead.zeroshot.choose_order`), and logs it. ``--checkpoint none``
-builds an untrained ``gmae_vit_tiny`` (a smoke test of the pipeline, not a result).
+builds an untrained ``gmae_vit_tiny`` (a smoke test of the pipeline, not a result). ``--ply``
+also writes the ``--num-vis`` images' Gaussians as ``<output-dir>/ply/<id>.ply``, which 3D
+Gaussian-splatting viewers open (:func:`splathead.export_ply`).
 Checkpoints are those of ``recipes/gmae_imagenet.py``: ``{"model": state_dict, "config": {...}}``;
 the model is rebuilt from that config by the recipes' shared ``splathead_recipes.models``.
 
@@ -33,6 +35,7 @@ settings (5 smoothing sigmas x 4 quantile hysteresis thresholds) that mark the p
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -46,7 +49,7 @@ from skimage.feature import canny
 from skimage.filters import sobel
 from tqdm.auto import tqdm
 
-from splathead import gmae_vit_tiny
+from splathead import export_ply, gmae_vit_tiny
 from splathead.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_dir
 from splathead.viz import draw_gaussians, save_grid, save_layer_grid
 from splathead.zeroshot import (
@@ -156,12 +159,18 @@ def gmae_edges(model, images: list[np.ndarray], args, device) -> list[np.ndarray
 
 
 @torch.no_grad()
-def save_figures(model, images: list[np.ndarray], output_dir: Path, args, device) -> None:
+def save_figures(model, ids: list[str], images: list[np.ndarray], output_dir: Path, args,
+                 device) -> None:
     """Overview (input | render | Gaussians | edges | figure-ground) and depth-layer grids of
-    the first masked reconstruction."""
+    the first masked reconstruction; with ``--ply`` its Gaussians as ``ply/<id>.ply``."""
     batch, outputs = reconstruct(model, images, args, device)
     output = outputs[0]
     gaussians, renderer = output.gaussians.to(torch.float32), model.renderer
+    if args.ply:
+        (output_dir / "ply").mkdir(parents=True, exist_ok=True)
+        for index, image_id in enumerate(ids):
+            export_ply(gaussians, output_dir / "ply" / f"{image_id}.ply", index=index)
+        log.info("wrote %d PLY files to %s", len(ids), output_dir / "ply")
     edges = soft_edges(gaussians, renderer, layer_counts=args.layer_counts, order=args.order,
                        threshold=args.threshold)
     figure = figure_ground(gaussians, renderer, order=args.order)
@@ -218,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if model is not None and args.num_vis:
         shown = ids[: args.num_vis]
         images = [load_image(data_dir / "images" / f"{image_id}.jpg") for image_id in shown]
-        save_figures(model, images, output_dir, args, device)
+        save_figures(model, shown, images, output_dir, args, device)
 
     rows = []
     for method in args.methods:
@@ -284,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--batch-size", type=int, default=4, help="images per GMAE call")
     running.add_argument("--vis-layers", type=int, default=4, help="depth layers in layers.png")
     running.add_argument("--num-vis", type=int, default=4, help="images in the figures (0: none)")
+    running.add_argument("--ply", action="store_true",
+                         help="also write the --num-vis images' Gaussians as <output-dir>/ply/"
+                         "<id>.ply for 3D Gaussian-splatting viewers (needs splathead[ply])")
     running.add_argument("--device", default="auto", help="auto, cpu or cuda")
     benchmark_options(running)
     running.set_defaults(handler=run)
@@ -308,11 +320,17 @@ def model_options(command: argparse.ArgumentParser) -> None:
 
 
 def check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Exit 2 naming the flag when a mask setting is out of range, before any work."""
+    """Exit 2 naming the flag when a mask or output setting is unusable, before any work."""
     if args.num_masks < 1:
         parser.error(f"--num-masks must be >= 1, got {args.num_masks}")
     if args.mask_ratio is not None and not 0 <= args.mask_ratio < 1:
         parser.error(f"--mask-ratio must lie in [0, 1), got {args.mask_ratio}")
+    if args.ply and ("gmae" not in args.methods or args.num_vis < 1):
+        parser.error("--ply writes the GMAE's Gaussians of the --num-vis images: it needs "
+                     f"gmae in --methods and --num-vis >= 1, got --methods {' '.join(args.methods)}"
+                     f" --num-vis {args.num_vis}")
+    if args.ply and importlib.util.find_spec("plyfile") is None:
+        parser.error("--ply needs plyfile: pip install 'splathead[ply]'")
 
 
 def check_model_options(args: argparse.Namespace, model: torch.nn.Module) -> None:

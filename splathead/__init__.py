@@ -17,7 +17,8 @@ The parts, lowest layer first (each module imports only from the layers above it
 - model: :class:`GMAE` (encoder + masking + decoder + loss)
 - factories: :func:`gmae_vit_base_patch16`, :func:`gmae_vit_large_patch16`,
   :func:`gmae_vit_huge_patch14`, :func:`gmae_vit_tiny` (:mod:`splathead.factories`)
-- analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.viz`
+- analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.viz`,
+  :func:`export_ply` (Gaussians for 3D Gaussian-splatting viewers)
 - evaluation: :mod:`splathead.metrics` (PSNR, SSIM; needs torchmetrics, so not imported here),
   :mod:`splathead.probes` (online linear probes)
 """
@@ -40,6 +41,7 @@ from splathead.losses import image_mse, masked_patch_mse
 from splathead.masking import PatchMask, RandomMasking, gather_tokens, restore_tokens
 from splathead.model import GMAE, GMAEOutput
 from splathead.patches import patchify, unpatchify
+from splathead.ply import export_ply
 from splathead.render import RenderBackend, RenderOutput, SplatRenderer
 
 __version__ = "0.1.0"
@@ -60,6 +62,7 @@ __all__ = [
     "RenderOutput",
     "SplatRenderer",
     "batched_gather",
+    "export_ply",
     "gather_tokens",
     "gmae_vit_base_patch16",
     "gmae_vit_huge_patch14",

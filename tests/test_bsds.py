@@ -137,12 +137,27 @@ def test_score_cli_prints_the_scores_on_its_last_line(tmp_path, capsys):
 @needs_mini
 def test_run_cli_tabulates_gmae_and_baselines(tmp_path, capsys):
     argv = ["run", "--data-dir", str(MINI), "--checkpoint", "none", "--output-dir", str(tmp_path)]
-    argv += ["--limit", "1", "--nthresh", "1", "--num-vis", "1", "--img-size", "32"]
+    argv += ["--limit", "1", "--nthresh", "1", "--num-vis", "1", "--img-size", "32", "--ply"]
     assert load_recipe().main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-5] == "| method | ODS | OIS | AP |"
     assert [line.split("|")[1].strip() for line in lines[-3:]] == ["gmae", "sobel", "canny"]
     assert (tmp_path / "gmae" / "2018.png").is_file() and (tmp_path / "layers.png").is_file()
+    plyfile = pytest.importorskip("plyfile")
+    # the first shown image's Gaussians: gmae_vit_tiny has 64
+    assert plyfile.PlyData.read(str(tmp_path / "ply" / "2018.ply"))["vertex"].count == 64
+
+
+@pytest.mark.parametrize(
+    "flags", [["--num-vis", "0"], ["--methods", "sobel"]], ids=["no-figures", "no-gmae"]
+)
+def test_run_cli_refuses_ply_without_gmae_figures(tmp_path, capsys, flags):
+    argv = ["run", "--data-dir", str(tmp_path), "--checkpoint", "none", "--ply", *flags]
+    with pytest.raises(SystemExit) as exit_info:
+        load_recipe().main(argv)
+    assert exit_info.value.code == 2
+    assert "--ply writes the GMAE's Gaussians" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 @needs_mini

@@ -3,6 +3,9 @@
 import re
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -50,3 +53,12 @@ def test_pretraining_doc_recipe_example_trains_and_logs_its_hook(tmp_path, monke
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records if "train/accuracy" in record] == [1, 2]
     assert (output / "checkpoint-00000002.pt").is_file()
+
+
+def test_ply_doc_example_writes_both_images(tmp_path):
+    plyfile = pytest.importorskip("plyfile")
+    namespace = run(python_blocks(ROOT / "docs/ply.md")[0], "docs/ply.md")
+    for index, name in enumerate(["first.ply", "second.ply"]):
+        vertices = plyfile.PlyData.read(str(tmp_path / name))["vertex"]
+        x = torch.from_numpy(vertices["x"].copy())
+        assert torch.equal(x, namespace["out"].gaussians.means[index, :, 0])
