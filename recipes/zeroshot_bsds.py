@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from splathead import export_ply, gmae_vit_tiny
 from splathead.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_dir
-from splathead.viz import draw_gaussians, save_grid, save_layer_grid
+from splathead.viz import MIN_PANEL_SIZE, draw_gaussians, save_grid, save_layer_grid
 from splathead.zeroshot import (
     CHANGE_THRESHOLD,
     EDGE_LAYER_COUNTS,
@@ -174,7 +174,7 @@ def save_figures(model, ids: list[str], images: list[np.ndarray], output_dir: Pa
     edges = soft_edges(gaussians, renderer, layer_counts=args.layer_counts, order=args.order,
                        threshold=args.threshold)
     figure = figure_ground(gaussians, renderer, order=args.order)
-    ellipses = draw_gaussians(gaussians, renderer.camera).to(device)
+    ellipses = draw_gaussians(gaussians, renderer.camera, min_panel_size=MIN_PANEL_SIZE)
     panels = [batch, output.image, ellipses, edges[:, None], figure[:, None].float()]
     save_grid(output_dir / "overview.png", panels)
     layers = render_layers(gaussians, renderer, num_layers=args.vis_layers, order=args.order)

@@ -8,6 +8,7 @@ resume, preemption handling, ``metrics.jsonl`` / TensorBoard records and step ho
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from splathead_recipes import checkpoint, distributed
 from splathead_recipes.checkpoint import CheckpointError
@@ -172,7 +174,7 @@ class Checkpointer:
         if self.runtime.is_main:
             path = checkpoint.save_and_prune(state, self.directory, step=step,
                                              keep=self.settings.keep_checkpoints)
-            log.info("saved %s", path)
+            log.debug("saved %s", path)
         distributed.barrier()
 
     def _finite_on_every_rank(self) -> bool:
@@ -279,9 +281,12 @@ def prepare_output_dir(settings: LoopSettings) -> Path:
 
 
 def write_config(settings: LoopSettings, runtime: Runtime) -> None:
+    """``config.json`` in the output folder: named at INFO, its text at DEBUG."""
     config_json = json.dumps(_settings_dict(settings), indent=2)
-    log.info("config (%s, world size %d):\n%s", runtime.device, runtime.world_size, config_json)
-    checkpoint.write_text_atomic(config_json + "\n", Path(settings.output_dir) / "config.json")
+    path = Path(settings.output_dir) / "config.json"
+    checkpoint.write_text_atomic(config_json + "\n", path)
+    log.info("%s, world size %d; settings in %s", runtime.device, runtime.world_size, path)
+    log.debug("config:\n%s", config_json)
 
 
 def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
@@ -341,8 +346,10 @@ def fit(settings: LoopSettings, runtime: Runtime, *, model: nn.Module,
     metrics = (MetricsLog(output_dir, start_step=step, total_steps=last_step,
                           images_per_step=settings.batch_size, steps_per_epoch=steps_per_epoch)
                if runtime.is_main else None)
+    # Log lines go above the progress bar instead of through it.
+    quiet_bar = logging_redirect_tqdm() if metrics is not None else contextlib.nullcontext()
     try:
-        with StopSignal() as stop:
+        with StopSignal() as stop, quiet_bar:
             step_fn.model.train()
             while step < last_step:
                 epoch = step // steps_per_epoch
