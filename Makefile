@@ -3,6 +3,8 @@
 #   version pyproject.toml allows (uv's lowest-direct resolution), torch/torchvision held at
 #   .ci/floor-constraints.txt: the declared lower bounds are what this run tests.
 # make demo: same set-up, then the laptop demo of the pretraining recipe.
+# make docs: same set-up plus splathead[docs], then the documentation site into site/, strictly
+#   (a warning fails the build).
 PYTHON ?= python3.11
 VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
@@ -14,10 +16,11 @@ UV_VERSION ?= 0.13.9
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 FLOOR_BIN := $(FLOOR_VENV)/bin
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 
-.PHONY: test test-floor demo install install-floor clean
+.PHONY: test test-floor demo docs install install-floor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +43,10 @@ $(FLOOR_STAMP): pyproject.toml setup.py csrc/jpeg_region.c $(FLOOR_CONSTRAINTS)
 		--upgrade -c $(FLOOR_CONSTRAINTS) -e ".[dev]"
 	touch $(FLOOR_STAMP)
 
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
 install: $(STAMP)
 
 install-floor: $(FLOOR_STAMP)
@@ -54,5 +61,8 @@ test-floor: $(FLOOR_STAMP)
 demo: $(STAMP)
 	$(BIN)/python recipes/gmae_imagenet.py --preset demo
 
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) $(FLOOR_VENV) runs site .pytest_cache .hypothesis

@@ -23,13 +23,17 @@ class Camera:
     """A camera in OpenCV convention: +z forward, +y down, +x right; pixels (col, row).
 
     Attributes:
-        width, height: image size in pixels.
-        fx, fy, cx, cy: intrinsics in pixels. Pixel centres lie at (j + 0.5, i + 0.5).
+        width: image width in pixels.
+        height: image height in pixels.
+        fx: horizontal focal length in pixels.
+        fy: vertical focal length in pixels.
+        cx: principal point's column in pixels. Pixel centres lie at (j + 0.5, i + 0.5).
+        cy: principal point's row in pixels.
         viewmat: ``[4 4]`` world-to-camera transform (rigid; last row ``0 0 0 1``).
         model: ``"pinhole"`` projects ``(fx x/z + cx, fy y/z + cy)``; ``"ortho"`` projects
             ``(fx x + cx, fy y + cy)`` and uses depth only to order the compositing.
-        near, far: Gaussians whose camera-space z lies outside ``[near, far]`` are culled;
-            ``far`` may be ``inf``.
+        near: Gaussians whose camera-space z is below this are culled.
+        far: Gaussians whose camera-space z is above this are culled; may be ``inf``.
 
     Every number must be finite (``far`` excepted): a NaN or infinite intrinsic or ``viewmat``
     entry is an error naming the field.

@@ -38,7 +38,10 @@ class QueryDecoder(nn.Module):
         encoder_dim: width ``e`` of the encoder tokens.
         grid_size: patch grid ``(gh, gw)`` of the encoder; need not be square.
         num_prefix_tokens: encoder tokens before the patches (0 for none).
-        dim, depth, num_heads, mlp_ratio: decoder transformer (paper: 512, 8, 16, 4).
+        dim: width of the decoder transformer (paper: 512).
+        depth: its number of blocks (paper: 8).
+        num_heads: its attention heads (paper: 16).
+        mlp_ratio: its MLP width over ``dim`` (paper: 4).
         num_queries: number ``q`` of query tokens, one Gaussian each (paper: 256).
     """
 
@@ -161,10 +164,17 @@ class GMAEDecoder(nn.Module):
         img_size: ``(h, w)`` (or one int) of the images; fixes the camera and the patch grid.
         patch_size: encoder patch size ``(ph, pw)`` (or one int); must divide ``img_size``.
         num_prefix_tokens: encoder tokens before the patches (cls, registers).
-        dim, depth, num_heads, mlp_ratio, num_queries: see :class:`QueryDecoder`.
-        num_channels, max_scale, center_range, rotation, gaussians_per_token: see
-            :class:`GaussianHead`. ``gaussians_per_token`` ``m`` renders ``m`` Gaussians per
-            query: the decoder's sequence (and cost) stays, the render's cost grows with ``m``.
+        dim: decoder width, see :class:`QueryDecoder`.
+        depth: decoder blocks, see :class:`QueryDecoder`.
+        num_heads: decoder attention heads, see :class:`QueryDecoder`.
+        mlp_ratio: decoder MLP ratio, see :class:`QueryDecoder`.
+        num_queries: query tokens, see :class:`QueryDecoder`.
+        num_channels: colour channels of the Gaussians, see :class:`GaussianHead`.
+        max_scale: largest standard deviation, scene units, see :class:`GaussianHead`.
+        center_range: range of the centres, see :class:`GaussianHead`.
+        rotation: the rotation parameterisation, see :class:`GaussianHead`.
+        gaussians_per_token: ``m`` Gaussians per query (:class:`GaussianHead`): the decoder's
+            sequence (and cost) stays, the render's cost grows with ``m``.
         background: render background, see :class:`SplatRenderer` (white, as in the paper).
         backend: render backend, "auto" (gsplat on CUDA when installed), "torch" or "gsplat".
     """

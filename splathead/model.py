@@ -54,7 +54,8 @@ class GMAE(nn.Module):
         decoder: a :class:`GMAEDecoder` built for this encoder: same width, patch size, prefix
             tokens and patch grid (checked here).
         mask_ratio: fraction of patches hidden from the encoder, in [0, 1) (paper: 0.75).
-        mean, std: per-channel normalisation of the input images.
+        mean: per-channel mean of the input images' normalisation.
+        std: per-channel standard deviation of the input images' normalisation.
         loss: "masked" (paper) averages the MSE over hidden patches; "full" over all pixels.
         freeze_encoder: train the decoder only: the encoder's parameters get
             ``requires_grad=False`` and the encoder stays in eval mode through ``train()``
