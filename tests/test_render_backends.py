@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from gsplat_stand_ins import GsplatCallOnCPU
 from render_scenes import SEEDS, make_camera, random_gaussians, scene_from, scenes
 
 from splathead.camera import Camera
@@ -81,6 +82,12 @@ CASES = {
     "dense definition (written here)": Case(DenseDefinition),
     "torch, 16 px tiles": Case(TorchBackend),
     "torch, 4 px tiles": Case(lambda: TorchBackend(tile_size=4)),
+    # The project's gsplat call on gsplat's own pure-torch projection and tile lists (CPU):
+    # checks its arguments in every CI run; the real kernels are the next case, on CUDA.
+    "gsplat call, pure-torch stand-ins": pytest.param(
+        Case(GsplatCallOnCPU),
+        marks=pytest.mark.skipif(not gsplat_available(), reason="gsplat not installed"),
+    ),
     "gsplat": pytest.param(
         Case(GsplatBackend, **float32_on_cuda),
         marks=[

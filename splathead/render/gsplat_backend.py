@@ -21,7 +21,7 @@ from splathead.render.backend import RenderOutput
 from splathead.render.projection import EPS2D, cap_scales, normalize_quats
 from splathead.typing import Float, Tensor, typecheck
 
-__all__ = ["GsplatBackend", "gsplat_available"]
+__all__ = ["GsplatBackend", "gsplat_available", "rasterize_with_gsplat"]
 
 
 def gsplat_available() -> bool:
@@ -56,8 +56,6 @@ class GsplatBackend:
         """Same contract as the torch backend; raises ``TypeError`` unless the Gaussians are
         float32 and ``ValueError`` unless they are on CUDA (the background is on their device
         and of their dtype, as the renderer passes it)."""
-        import gsplat
-
         if gaussians.dtype != torch.float32:
             raise TypeError(
                 f"Gaussians are {str(gaussians.dtype).removeprefix('torch.')} but the gsplat "
@@ -68,31 +66,46 @@ class GsplatBackend:
             raise ValueError(
                 f"the gsplat backend needs CUDA tensors, but means is on {gaussians.device}"
             )
+        return rasterize_with_gsplat(gaussians, camera, background, render_depth=render_depth)
 
-        b, c = gaussians.batch_size, gaussians.num_channels
-        # gsplat normalises quaternions unguarded (NaN for zero, overflow or underflow for
-        # extreme norms) and squares scales unguarded (inf for huge ones): hand it the torch
-        # backend's robust quaternions and capped scales, so both backends draw the same thing.
-        means, quats = gaussians.means, gaussians.quats
-        scales = cap_scales(means, quats, gaussians.scales, camera)
-        quats = normalize_quats(quats)
-        with torch.autocast(device_type="cuda", enabled=False):
-            rendered, alpha, _ = gsplat.rasterization(
-                means, quats, scales, gaussians.opacities, gaussians.colors,
-                viewmats=camera.viewmat.to(gaussians.means).expand(b, 1, 4, 4),
-                Ks=camera.intrinsics.to(gaussians.means).expand(b, 1, 3, 3),
-                width=camera.width,
-                height=camera.height,
-                near_plane=camera.near,
-                far_plane=camera.far,
-                eps2d=EPS2D,
-                packed=False,
-                rasterize_mode="classic",
-                camera_model=camera.model,
-                backgrounds=background[:, None, :],
-                render_mode="RGB+ED" if render_depth else "RGB",
-            )
-        rendered = rearrange(rendered, "b 1 h w f -> b f h w")
-        alpha = rearrange(alpha, "b 1 h w 1 -> b 1 h w")
-        depth = rendered[:, c:] if render_depth else None
-        return RenderOutput(image=rendered[:, :c], alpha=alpha, depth=depth)
+
+@typecheck
+def rasterize_with_gsplat(
+    gaussians: Gaussians,
+    camera: Camera,
+    background: Float[Tensor, "b c"],
+    *,
+    render_depth: bool,
+) -> RenderOutput:
+    """The ``gsplat.rasterization`` call behind :class:`GsplatBackend`, without its device and
+    dtype checks: the CPU suite drives it with gsplat's CUDA entry points replaced by pure-torch
+    stand-ins (``tests/test_gsplat_call.py``), so the arguments are checked without a GPU."""
+    import gsplat
+
+    b, c = gaussians.batch_size, gaussians.num_channels
+    # gsplat normalises quaternions unguarded (NaN for zero, overflow or underflow for
+    # extreme norms) and squares scales unguarded (inf for huge ones): hand it the torch
+    # backend's robust quaternions and capped scales, so both backends draw the same thing.
+    means, quats = gaussians.means, gaussians.quats
+    scales = cap_scales(means, quats, gaussians.scales, camera)
+    quats = normalize_quats(quats)
+    with torch.autocast(device_type="cuda", enabled=False):
+        rendered, alpha, _ = gsplat.rasterization(
+            means, quats, scales, gaussians.opacities, gaussians.colors,
+            viewmats=camera.viewmat.to(gaussians.means).expand(b, 1, 4, 4),
+            Ks=camera.intrinsics.to(gaussians.means).expand(b, 1, 3, 3),
+            width=camera.width,
+            height=camera.height,
+            near_plane=camera.near,
+            far_plane=camera.far,
+            eps2d=EPS2D,
+            packed=False,
+            rasterize_mode="classic",
+            camera_model=camera.model,
+            backgrounds=background[:, None, :],
+            render_mode="RGB+ED" if render_depth else "RGB",
+        )
+    rendered = rearrange(rendered, "b 1 h w f -> b f h w")
+    alpha = rearrange(alpha, "b 1 h w 1 -> b 1 h w")
+    depth = rendered[:, c:] if render_depth else None
+    return RenderOutput(image=rendered[:, :c], alpha=alpha, depth=depth)
