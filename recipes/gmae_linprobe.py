@@ -7,8 +7,8 @@
 
 The encoder (``--checkpoint``: a pretraining checkpoint, an exported encoder or ``none``) stays
 frozen; only the head learns: BatchNorm1d without affine parameters + Linear (weights
-N(0, 0.01)), on the mean of the last block's patch tokens (``--global-pool avg``, MAE's) or the
-cls token. ``--preset paper``: timm's LARS (momentum 0.9, trust ratio on the weight matrix),
+N(0, 0.01)), on the mean of the last block's patch tokens with a fresh LayerNorm
+(``--global-pool avg``) or the cls token after the final norm (``token``, MAE's ViT-B probe). ``--preset paper``: timm's LARS (momentum 0.9, trust ratio on the weight matrix),
 batch 16384 (``--accum-steps`` makes any world size reach it), blr 0.1 (lr = blr x batch / 256),
 no weight decay, 90 epochs with 10 of warmup then cosine, RandomResizedCrop + flip; val/ in centre
 crops after every epoch; ``--gpu-decode`` decodes the training JPEGs on the GPU (nvJPEG), the

@@ -1,8 +1,10 @@
 """Online linear probes: how linearly separable each encoder block's features are, while training.
 
-The GMAE authors' design: for every encoder block, a BatchNorm1d without affine parameters and a
-Linear classifier on the block's mean-pooled patch tokens, trained on the labels with their own
-optimiser. The features are detached, so the probes never change the encoder: they measure it.
+After the GMAE authors' design: for every encoder block, a BatchNorm1d without affine parameters
+and a Linear classifier on the block's mean-pooled tokens, trained on the labels. The features are
+detached, so the probes never change the encoder: they measure it. Here they pool the patch
+tokens of the pass they hook (the authors pool all tokens, cls included, of a second pass over
+the whole image) and have their own optimiser (the authors' share the GMAE's).
 
     blocks = BlockFeatures(model.encoder.vit.blocks, num_prefix_tokens=1)
     probes = OnlineProbes(embed_dim=768, num_classes=1000, num_blocks=len(blocks))

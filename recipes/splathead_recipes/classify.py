@@ -64,8 +64,10 @@ class ClassifyConfig:
                              "...) or a timm model name; none: the pretraining checkpoint's")
     img_size: int = _opt(224, "input resolution in pixels")
     patch_size: int | None = _opt(None, "encoder patch size (none: the model's own)")
-    global_pool: Literal["avg", "token"] = _opt("avg", "avg: mean of the patch tokens (MAE); "
-                                                "token: the cls token")
+    global_pool: Literal["avg", "token"] = _opt("avg", "avg: mean of the patch tokens, then a "
+                                                "fresh LayerNorm (MAE's fine-tuning); token: the "
+                                                "cls token after the final norm (MAE's ViT-B "
+                                                "linear probe)")
 
     # Data.
     data_path: str | None = _opt(None, "ImageFolder root holding train/<class>/ and val/<class>/")

@@ -156,10 +156,10 @@ def attach_head(vit: VisionTransformer, *, num_classes: int,
                 global_pool: Literal["avg", "token"]) -> VisionTransformer:
     """Give ``vit`` a ``Linear(embed_dim, num_classes)`` head (timm's ``reset_classifier``).
 
-    ``"avg"`` is MAE's global pooling for fine-tuning and linear probing: the mean of the patch
-    tokens of the last block, then a new LayerNorm (``fc_norm``, weight 1, bias 0): the
-    encoder's final norm is dropped, as MAE's evaluation models do. ``"token"``: the cls token
-    after the encoder's final norm. Returns ``vit``, changed in place.
+    ``"avg"`` is MAE's global pooling for fine-tuning: the mean of the patch tokens of the last
+    block, then a new LayerNorm (``fc_norm``, weight 1, bias 0): the encoder's final norm is
+    dropped, as MAE's evaluation models do. ``"token"``: the cls token after the encoder's final
+    norm (MAE's linear probe of ViT-B). Returns ``vit``, changed in place.
     """
     if global_pool == "token" and not vit.has_class_token:
         raise ConfigError("--global-pool token needs a cls token; this encoder has none")
