@@ -1,4 +1,5 @@
-# make test: create .venv if missing, install splathead[dev], run the CPU test suite.
+# make test: create .venv if missing, install splathead[dev] and the recipes' distribution
+#   (recipes/: splathead_recipes with its JPEG extension), run the CPU test suite.
 # make test-floor: the same suite in .venv-floor, holding every direct dependency at the lowest
 #   version pyproject.toml allows (uv's lowest-direct resolution), torch/torchvision held at
 #   .ci/floor-constraints.txt: the declared lower bounds are what this run tests.
@@ -26,21 +27,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml setup.py csrc/jpeg_region.c | $(BIN)/python
+RECIPES_SOURCES := recipes/pyproject.toml recipes/setup.py recipes/csrc/jpeg_region.c
+
+$(STAMP): pyproject.toml $(RECIPES_SOURCES) | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev]" -e ./recipes
 	touch $(STAMP)
 
 # torch/torchvision come through pip first (it finds local wheels; uv would download CUDA builds).
 # uv then resolves every direct dependency to its lowest allowed version (--upgrade: replace what
 # torchvision pulled in, e.g. pillow) and keeps the installed torch, which the constraints pin.
-$(FLOOR_STAMP): pyproject.toml setup.py csrc/jpeg_region.c $(FLOOR_CONSTRAINTS)
+$(FLOOR_STAMP): pyproject.toml $(RECIPES_SOURCES) $(FLOOR_CONSTRAINTS)
 	rm -rf $(FLOOR_VENV)
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_BIN)/pip install -q --upgrade pip
 	$(FLOOR_BIN)/pip install -q -r $(FLOOR_CONSTRAINTS) uv==$(UV_VERSION)
 	$(FLOOR_BIN)/uv pip install -q --python $(FLOOR_BIN)/python --resolution lowest-direct \
-		--upgrade -c $(FLOOR_CONSTRAINTS) -e ".[dev]"
+		--upgrade -c $(FLOOR_CONSTRAINTS) -e ".[dev]" -e ./recipes
 	touch $(FLOOR_STAMP)
 
 $(DOCS_STAMP): $(STAMP)

@@ -12,7 +12,7 @@ The pipelines read the same files through the same sampler and DataLoader settin
   only the crop's region decoded, uint8 batches), plus the normalisation on ``--device`` in the
   main process, timed with it;
 - recipe, whole-image decode: the same, decoding JPEGs whole (as without the compiled
-  ``splathead._jpeg``): the same pixels;
+  ``splathead_recipes._jpeg``): the same pixels;
 - recipe, no draft: the same with ``--no-jpeg-draft``: the torchvision pipeline's crop boxes
   and flips; the pixels differ only by the resize (torch's uint8 bicubic against PIL's), which
   this script measures on every file;
@@ -223,7 +223,7 @@ def main() -> None:
         }
         print(f"\n{num_files} files from {args.images} (each read "
               f"{math.ceil(args.samples / num_files)} times), {args.img_size} px crops, batch "
-              f"{args.batch_size}, torch threads {torch.get_num_threads()}, splathead._jpeg "
+              f"{args.batch_size}, torch threads {torch.get_num_threads()}, splathead_recipes._jpeg "
               f"{'built' if decode_region else 'missing (whole-image decodes only)'}; medians of "
               f"{args.rounds} rounds in which the pipelines take turns\n")
         print("| pipeline | workers | images / s per worker (CPU time) | range over rounds "

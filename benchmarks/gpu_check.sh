@@ -43,10 +43,12 @@ export PATH="/tmp/site/bin:$PATH"  # ninja, for gsplat's JIT build
 # (`python3 -P` keeps the checkout itself off sys.path, so this layout is the one imported).
 rm -rf /tmp/src && mkdir -p /tmp/src && cp -r splathead /tmp/src/ && cp -r adapters /tmp/src/splathead/
 export PYTHONPATH="/tmp/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-# splathead._jpeg, as setup.py builds it (it needs libjpeg-turbo's headers there; without them
-# this step fails and the loader decodes whole images, which the data benchmark's header says).
+# splathead_recipes._jpeg, as recipes/setup.py builds it, beside the recipes' package that pytest's
+# pythonpath and the benchmarks import from the checkout (it needs libjpeg-turbo's headers there;
+# without them this step fails and the loader decodes whole images, as the data benchmark says).
 step "JPEG extension" bash -c 'cc -O2 -shared -fPIC -I"$(python3 -c "import sysconfig; \
-print(sysconfig.get_paths()[\"include\"])")" csrc/jpeg_region.c -ljpeg -o /tmp/src/splathead/_jpeg\
+print(sysconfig.get_paths()[\"include\"])")" recipes/csrc/jpeg_region.c -ljpeg \
+-o recipes/splathead_recipes/_jpeg\
 $(python3 -c "import sysconfig; print(sysconfig.get_config_var(\"EXT_SUFFIX\"))")'
 step "environment" python3 -c "import torch, gsplat, beartype; print('torch', torch.__version__, \
 '| gsplat', gsplat.__version__, '|', torch.cuda.get_device_name())"

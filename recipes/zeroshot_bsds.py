@@ -10,7 +10,7 @@
 
 ``score`` prints ``ODS=0.xxx OIS=0.xxx AP=0.xxx`` on its last line; ``run`` prints one markdown
 table (method, ODS, OIS, AP) last and also writes it to ``<output-dir>/results.md``. The benchmark
-is the official protocol (:mod:`splathead.bsds`): 99 thresholds by default, maxDist 0.0075,
+is the official protocol (:mod:`splathead_recipes.bsds`): 99 thresholds by default, maxDist 0.0075,
 thinning. It costs 0.1-0.5 s of one CPU core per threshold and annotator (about 30 s per image
 at 99 thresholds), so ``--workers``, ``--nthresh`` and ``--limit`` trade time for completeness.
 
@@ -50,7 +50,6 @@ from skimage.filters import sobel
 from tqdm.auto import tqdm
 
 from splathead import export_ply, gmae_vit_tiny
-from splathead.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_dir
 from splathead.viz import MIN_PANEL_SIZE, draw_gaussians, save_grid, save_layer_grid
 from splathead.zeroshot import (
     CHANGE_THRESHOLD,
@@ -62,6 +61,7 @@ from splathead.zeroshot import (
     soft_edges,
 )
 
+from splathead_recipes.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_dir
 from splathead_recipes.models import load_pretrained, run_checkpoint_command
 
 log = logging.getLogger("zeroshot_bsds")

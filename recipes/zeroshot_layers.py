@@ -33,7 +33,7 @@ prints one markdown table:
 - figure-ground IoU (mean over images) of :func:`splathead.zeroshot.figure_ground` (the front
   ``1/--num-layers`` of the depth order, alpha > 0.5, voted over the masks) with the front object;
 - edge ODS of the averaged :func:`splathead.zeroshot.soft_edges` against the occlusion boundaries
-  (:mod:`splathead.bsds`, ``--max-dist`` of the diagonal, also stated in pixels);
+  (:mod:`splathead_recipes.bsds`, ``--max-dist`` of the diagonal, also stated in pixels);
 - render MSE of the reconstructions (model size, [0, 1] RGB);
 - baselines: "everything" (the whole image is figure), "centre disc" (a centred disc of the test
   set's mean front-object area), Sobel on the input (edges), and the control: the same Gaussians
@@ -67,7 +67,7 @@ from scipy.stats import bootstrap
 from skimage.draw import disk, ellipse, polygon
 from zeroshot_bsds import load_model, model_input, model_options, sobel_edges
 
-from splathead.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_image, summarize
+from splathead_recipes.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_image, summarize
 from splathead.gaussians import Gaussians
 from splathead.zeroshot import choose_order, figure_ground, masked_reconstructions, soft_edges
 from splathead_recipes.models import run_checkpoint_command

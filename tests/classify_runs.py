@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import torch
-from shapes_task import write_shapes_task
+from splathead_recipes.shapes_task import write_shapes_task
 
 LINE = re.compile(r"top1=(\d+\.\d\d) top5=(\d+\.\d\d)")  # a classification recipe's last line
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splathead.bsds import (
+from splathead_recipes.bsds import (
     bsds_thresholds,
     evaluate_dir,
     evaluate_image,
@@ -245,7 +245,7 @@ def test_prediction_of_another_size_names_file_expected_and_found(folders, heigh
 
 
 def test_every_prediction_is_checked_before_scoring_starts(folders, monkeypatch):
-    import splathead.bsds
+    import splathead_recipes.bsds
 
     pred, gt = folders
     for image_id in ("1", "2", "3"):
@@ -257,7 +257,7 @@ def test_every_prediction_is_checked_before_scoring_starts(folders, monkeypatch)
     def scoring_started(*args, **kwargs):
         raise AssertionError("scoring started before every input was checked")
 
-    monkeypatch.setattr(splathead.bsds, "_evaluate_files", scoring_started)
+    monkeypatch.setattr(splathead_recipes.bsds, "_evaluate_files", scoring_started)
     with pytest.raises(ValueError, match=r"2 of 3 inputs cannot be scored") as error:
         evaluate_dir(pred, gt, progress=False)
     assert "2.png: expected a 6x9" in str(error.value) and "3.png: expected a PNG" in str(error.value)

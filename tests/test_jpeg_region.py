@@ -1,4 +1,4 @@
-"""splathead._jpeg: a JPEG region decoded alone is the region of the whole decode."""
+"""splathead_recipes._jpeg: a JPEG region decoded alone is the region of the whole decode."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from splathead_recipes.crops import TrainCrop
 from splathead_recipes.data import to_rgb
 
 
-decode_region = pytest.importorskip("splathead._jpeg").decode_region
+decode_region = pytest.importorskip("splathead_recipes._jpeg").decode_region
 
 
 def encode(pixels: np.ndarray, *, grey: bool, subsampling: int, progressive: bool) -> bytes:

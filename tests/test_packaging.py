@@ -1,6 +1,7 @@
-"""The top-level adapters/ folder ships as splathead.adapters and never as a module `adapters`;
-every dependency declares the floor that `make test-floor` tests; the optional C extension
-is built wherever it can be."""
+"""The core wheel is pure Python and ships the top-level adapters/ folder as splathead.adapters
+(never as a module `adapters`); `import splathead` loads none of the recipes' dependencies; every
+dependency of both distributions declares the floor that `make test-floor` tests; the recipes'
+optional C extension is built wherever it can be."""
 
 import importlib.util
 import re
@@ -17,15 +18,15 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_the_jpeg_extension_is_built_where_libjpeg_headers_are():
-    # setup.py builds it optionally: a build that quietly skipped it would leave every loader on
+    # recipes/setup.py builds it optionally: a build that quietly skipped it would leave every loader on
     # whole-image decodes (tests/test_jpeg_region.py skips without it, so this guards them).
     folders = [Path("/usr/include"), Path("/usr/local/include"), Path(sys.base_prefix, "include")]
     if not any((folder / "jpeglib.h").exists() for folder in folders):
         pytest.skip("no jpeglib.h here: the extension is optional")
-    assert importlib.util.find_spec("splathead._jpeg") is not None
+    assert importlib.util.find_spec("splathead_recipes._jpeg") is not None
 
 
-def test_wheel_holds_adapters_inside_splathead_only(tmp_path):
+def test_core_wheel_is_pure_python_and_holds_adapters_inside_splathead_only(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path), str(ROOT)],
@@ -33,7 +34,10 @@ def test_wheel_holds_adapters_inside_splathead_only(tmp_path):
         capture_output=True,
     )
     (wheel,) = tmp_path.glob("splathead-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    assert not [name for name in names if name.endswith((".so", ".pyd", ".c"))]
+    assert not [name for name in names if "bsds" in name or name.startswith("splathead_recipes")]
     assert "splathead/adapters/__init__.py" in names
     assert "splathead/adapters/timm_vit.py" in names
     assert not [name for name in names if name.startswith("adapters/")]
@@ -52,11 +56,25 @@ def test_installed_package_imports_adapters_as_splathead_adapters(tmp_path):
     assert result.stdout.strip() == "splathead.adapters.wrap"
 
 
+def test_import_splathead_loads_none_of_the_recipes_dependencies(tmp_path):
+    # A fresh interpreter: what `import splathead` pulls in, outside the checkout.
+    recipes_only = ["scipy", "skimage", "torchmetrics", "tensorboard", "simplejpeg", "pyEdgeEval",
+                    "splathead_recipes", "transformers", "gsplat"]
+    check = ("import sys, splathead; "
+             f"print([name for name in {recipes_only!r} if name in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, check=True,
+                            capture_output=True, text=True)
+    assert result.stdout.strip() == "[]"
+
+
 def _requirements() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = [req for reqs in project["optional-dependencies"].values() for req in reqs]
-    return [Requirement(req) for req in project["dependencies"] + extras
-            if not req.startswith("splathead[")]
+    found = []
+    for pyproject in (ROOT / "pyproject.toml", ROOT / "recipes" / "pyproject.toml"):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        extras = [req for reqs in project.get("optional-dependencies", {}).values() for req in reqs]
+        found += [Requirement(req) for req in project["dependencies"] + extras
+                  if not req.startswith("splathead[")]
+    return found
 
 
 def test_every_dependency_declares_the_floor_make_test_floor_runs():

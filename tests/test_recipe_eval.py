@@ -10,7 +10,7 @@ from pathlib import Path
 import gmae_imagenet as recipe
 import pytest
 import torch
-from shapes_task import CLASSES, write_shapes_task
+from splathead_recipes.shapes_task import CLASSES, write_shapes_task
 from splathead import gmae_vit_tiny
 from splathead_recipes.data import Batch
 from splathead_recipes.distributed import Runtime

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +9,7 @@ import pytest
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("shapes_task", ROOT / "recipes" / "shapes_task.py")
-shapes_task = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(shapes_task)
+from splathead_recipes import shapes_task
 
 
 def _write(root: Path, seed: int = 0) -> Path:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from shapes_task import write_shapes_task
+from splathead_recipes.shapes_task import write_shapes_task
 from splathead_recipes import distributed
 from splathead_recipes.config import ConfigError, check_devices, check_fields, check_output
 from splathead_recipes.crops import CentreCrop

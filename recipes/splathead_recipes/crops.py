@@ -5,7 +5,7 @@ from torch's global generator seeded with the sample's seed, but from a private
 :class:`torch.Generator`, so a worker need not save and restore the global state per sample.
 Where the time goes instead:
 
-- JPEGs decode with libjpeg-turbo. Where splathead's extension ``splathead._jpeg`` is built
+- JPEGs decode with libjpeg-turbo. Where splathead's extension ``splathead_recipes._jpeg`` is built
   (it links the system's libjpeg-turbo) only the crop's rows and columns are decoded, and
   decoding stops below the crop: the same pixels as a whole decode, 15-30% less decoding on
   the recipe's crops. Otherwise ``simplejpeg`` decodes the whole image. ``simplejpeg`` also reads
@@ -46,7 +46,7 @@ from torchvision.transforms.v2 import functional as F
 from splathead.typing import Float, Tensor, typecheck
 
 try:
-    from splathead._jpeg import decode_region
+    from splathead_recipes._jpeg import decode_region
 except ImportError:  # built without libjpeg-turbo's headers: whole images are decoded
     decode_region = None
 
@@ -157,7 +157,7 @@ def decode_rgb(path: str | Path, to_rgb: Callable[[Image.Image], Image.Image]) -
 class TrainCrop:
     """RandomResizedCrop (bicubic) to ``size`` + horizontal flip, as uint8 ``[3 size size]``.
 
-    ``region_decode=False`` decodes JPEGs whole even where ``splathead._jpeg`` is built: the same
+    ``region_decode=False`` decodes JPEGs whole even where ``splathead_recipes._jpeg`` is built: the same
     pixels, more time (for measuring it).
     """
 
@@ -206,7 +206,7 @@ class TrainCrop:
 
     def _region_crop(self, data: bytes, size: tuple[int, int], box: CropBox,
                      reduction: int) -> torch.Tensor | None:
-        # The unflipped crop from the decoded box alone (``splathead._jpeg``), or None: no
+        # The unflipped crop from the decoded box alone (``splathead_recipes._jpeg``), or None: no
         # extension, no end marker (a truncated file: the whole decode decides), or libjpeg
         # refused or warned. Each path gives the pixels of its whole-image counterpart.
         if not self.region_decode or decode_region is None or data.rfind(JPEG_END, -64) < 0:

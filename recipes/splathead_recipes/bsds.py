@@ -40,17 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 from PIL import Image
-
-try:
-    import scipy.io
-    from pyEdgeEval._lib import correspond_pixels
-    from skimage.morphology import thin
-except ImportError as error:  # the benchmark's extra dependencies
-    raise ImportError(
-        f"splathead.bsds needs scipy, scikit-image and pyedgeeval: pip install 'splathead[eval]' "
-        f"({error})"
-    ) from error
+from pyEdgeEval._lib import correspond_pixels
+from skimage.morphology import thin
 
 from splathead.typing import Bool, Float, Shaped, typecheck
 
