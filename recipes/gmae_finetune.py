@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from torch import nn
 
 from splathead_recipes.classify import (
     ClassifyConfig, build_classify_data, fit_classifier, validate_classify,
     write_demo_data, writes_demo_data)
-from splathead_recipes.config import ConfigError, parse_with, parser_for
+from splathead_recipes.cli import ConfigError, option, parse_with, parser_for
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import attach_head, load_encoder
 from splathead_recipes.finetune import AugmentedCrop, EmaHook, MixedLoss, build_optimizer
@@ -40,28 +39,24 @@ from splathead_recipes.loop import run_recipe, seed_everything
 log = logging.getLogger("gmae")
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class FinetuneConfig(ClassifyConfig):
     """Every setting of a fine-tune; the ``paper`` preset is MAE's protocol."""
 
-    layer_decay: float = _opt(0.65, "layer-wise lr decay: block i of L learns at "
+    layer_decay: float = option(0.65, "layer-wise lr decay: block i of L learns at "
                               "layer_decay^(L - i) x lr (1: none)")
-    drop_path: float = _opt(0.1, "stochastic depth rate of the last block (timm's "
+    drop_path: float = option(0.1, "stochastic depth rate of the last block (timm's "
                             "drop_path_rate, linear over the blocks)")
-    auto_augment: str | None = _opt("rand-m9-mstd0.5-inc1", "timm auto-augment policy after "
+    auto_augment: str | None = option("rand-m9-mstd0.5-inc1", "timm auto-augment policy after "
                                     "the crop and flip (none: off)")
-    reprob: float = _opt(0.25, "random erasing probability (per-pixel noise, one box)")
-    mixup: float = _opt(0.8, "Mixup alpha (0: off)")
-    cutmix: float = _opt(1.0, "CutMix alpha (0: off); with Mixup, one of the two per batch")
-    smoothing: float = _opt(0.1, "label smoothing")
-    model_ema: bool = _opt(False, "keep an exponential moving average of the weights "
+    reprob: float = option(0.25, "random erasing probability (per-pixel noise, one box)")
+    mixup: float = option(0.8, "Mixup alpha (0: off)")
+    cutmix: float = option(1.0, "CutMix alpha (0: off); with Mixup, one of the two per batch")
+    smoothing: float = option(0.1, "label smoothing")
+    model_ema: bool = option(False, "keep an exponential moving average of the weights "
                            "(timm's ModelEmaV3) and evaluate it too (ema_top1, ema_top5)")
-    model_ema_decay: float = _opt(0.9998, "EMA decay per step")
-    model_ema_warmup: bool = _opt(False, "timm's EMA decay warmup (for short runs)")
+    model_ema_decay: float = option(0.9998, "EMA decay per step")
+    model_ema_warmup: bool = option(False, "timm's EMA decay warmup (for short runs)")
 
 
 PRESETS: dict[str, FinetuneConfig] = {

@@ -19,7 +19,6 @@ workers only reading files and drawing crops. The last line is the best epoch's
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -30,13 +29,13 @@ from torch import nn
 from splathead_recipes.classify import (
     ClassifyConfig, build_classify_data, fit_classifier, validate_classify,
     write_demo_data, writes_demo_data)
-from splathead_recipes.config import (GPU_DECODE_HELP, ConfigError, check_gpu_decode,
-                                      parse_with, parser_for)
+from splathead_recipes.cli import ConfigError, option, parse_with, parser_for
 from splathead_recipes.data import train_crop
 from splathead_recipes.device_decode import EncodedTrainCrop
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import attach_head, load_encoder
 from splathead_recipes.loop import run_recipe, seed_everything
+from splathead_recipes.settings import GPU_DECODE_HELP, check_gpu_decode
 
 log = logging.getLogger("gmae")
 
@@ -47,8 +46,8 @@ DEMO_DATA = "data/shapes"
 class LinprobeConfig(ClassifyConfig):
     """Every setting of a linear probe; the ``paper`` preset is MAE's protocol."""
 
-    momentum: float = dataclasses.field(default=0.9, metadata={"help": "LARS momentum"})
-    gpu_decode: bool = dataclasses.field(default=False, metadata={"help": GPU_DECODE_HELP})
+    momentum: float = option(0.9, "LARS momentum")
+    gpu_decode: bool = option(False, GPU_DECODE_HELP)
 
 
 PRESETS: dict[str, LinprobeConfig] = {
@@ -78,7 +77,7 @@ def validate_linprobe(config: LinprobeConfig, *, world_size: int, cuda_available
     looked at when the demo writes it first."""
     if not 0 <= config.momentum < 1:
         raise ConfigError(f"--momentum must lie in [0, 1), got {config.momentum}")
-    if problem := check_gpu_decode(config, cuda_available):
+    if problem := check_gpu_decode(config.gpu_decode, config, cuda_available):
         raise ConfigError(problem)
     validate_classify(config, world_size=world_size, cuda_available=cuda_available,
                       check_data=not writes_demo_data(config))

@@ -3,7 +3,8 @@
 A checkpoint holds everything a run needs to continue bit for bit: model, optimiser, grad scaler,
 the global step (which fixes the epoch, the position inside it and the learning rate), every
 random generator and the config. It contains tensors and plain Python values only, so it loads
-with ``torch.load(..., weights_only=True)``.
+with ``torch.load(..., weights_only=True)``. :class:`Checkpointer` writes and restores a
+training run's; the functions below it handle the files.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ import os
 import pickle
 import random
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+
+from splathead_recipes import distributed
+from splathead_recipes.distributed import Runtime
 
 log = logging.getLogger("gmae")
 
@@ -180,3 +187,182 @@ def load_newest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
             + "\n  ".join(failures) + "\nMove them away to start over in this folder, or "
             "choose another --output-dir.")
     return None
+
+
+class Stateful(Protocol):
+    """What :func:`fit` checkpoints beside the model and its optimiser (e.g. online probes with
+    their own optimiser): anything with ``state_dict`` / ``load_state_dict``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient norm, parameter or optimiser state became NaN/Inf; the run stops before
+    the optimiser step or the checkpoint that would use it."""
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+_STATE_KEYS = {"model", "optimizer", "scaler", "step", "steps_per_epoch", "skipped_images", "rng",
+               "config"}
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    names = sorted(name for name in saved.keys() | current.keys()
+                   if saved.get(name) != current.get(name) and name != "resume")
+    return ", ".join(f"{name}: {saved.get(name)!r} there, {current.get(name)!r} here"
+                     for name in names) or "none"
+
+
+class Checkpointer:
+    """Saves and restores everything a run needs to continue bit for bit.
+
+    Saving is collective (every rank's generators are gathered), so every rank calls
+    :meth:`save`; rank 0 writes.
+
+    Args:
+        directory: the run's folder (``--output-dir``).
+        config: the run's settings as plain values, saved in every checkpoint and compared
+            with a checkpoint's on resume.
+        keep: how many of the newest checkpoints to keep.
+        model, optimizer, scaler: what trains, saved and restored.
+        steps_per_epoch: the loader's; a checkpoint with another count does not resume.
+        extras: more state to save and restore, by name (:class:`Stateful`).
+    """
+
+    def __init__(self, directory: Path, *, config: dict[str, Any], keep: int, runtime: Runtime,
+                 model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, steps_per_epoch: int,
+                 extras: Mapping[str, Stateful] = {}) -> None:
+        self.directory = directory
+        self.config = config
+        self.keep = keep
+        self.runtime = runtime
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.extras = extras
+        self.steps_per_epoch = steps_per_epoch
+
+    def save(self, step: int, skipped_images: int) -> None:
+        """Write the checkpoint of ``step``; :class:`NonFiniteError` instead if any rank's state
+        holds a NaN or Inf (a checkpoint must be safe to resume from)."""
+        if not self._finite_on_every_rank():
+            raise NonFiniteError(
+                f"non-finite parameters or optimiser state after step {step}; not checkpointed. "
+                f"Last good checkpoint: {newest_name(self.directory)}")
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "epoch": step // self.steps_per_epoch,
+            "step_in_epoch": step % self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "skipped_images": skipped_images,
+            "rng": self._gather_rng_states(),
+            "config": self.config,
+            "extras": {name: extra.state_dict() for name, extra in self.extras.items()},
+        }
+        if self.runtime.is_main:
+            path = save_and_prune(state, self.directory, step=step,
+                                             keep=self.keep)
+            log.debug("saved %s", path)
+        distributed.barrier()
+
+    def _finite_on_every_rank(self) -> bool:
+        tensors = [*self.model.state_dict().values(),
+                   *(value for state in self.optimizer.state.values()
+                     for value in state.values() if isinstance(value, torch.Tensor)),
+                   *_tensors_in([extra.state_dict() for extra in self.extras.values()])]
+        finite = torch.stack([tensor.isfinite().all() for tensor in tensors
+                              if tensor.is_floating_point()]).all()
+        bad_ranks = distributed.all_reduce_sum((~finite).float().to(self.runtime.device))
+        return not bad_ranks.item()
+
+    def _gather_rng_states(self) -> list[dict]:
+        """Every rank's generators, in rank order (each rank masks its own images)."""
+        state = rng_state()
+        if not self.runtime.distributed:
+            return [state]
+        gathered: list[dict | None] = [None] * self.runtime.world_size
+        dist.all_gather_object(gathered, state)
+        return gathered
+
+    def resume(self, resume: str | None, *, seed: int) -> tuple[int, int]:
+        """``(step, skipped_images)`` to continue from: ``resume``'s checkpoint (``--resume``:
+        None, "auto" or a file), or (0, 0). ``seed`` reseeds the generators where the world
+        size changed.
+
+        Raises :class:`~splathead_recipes.checkpoint.CheckpointError` for a file that is not a
+        checkpoint of this recipe or does not fit this run (or, for ``auto``, when none loads).
+        """
+        if resume is None:
+            return 0, 0
+        found = (load_newest(self.directory) if resume == "auto"
+                 else (Path(resume), load(Path(resume))))
+        if found is None:
+            log.info("no checkpoint in %s; starting from scratch", self.directory)
+            return 0, 0
+        path, state = found
+        require_keys(state, path, _STATE_KEYS, "this recipe")
+        self._restore(path, state, seed)
+        log.info("resumed from %s at step %d (epoch %d)", path, state["step"],
+                 state["step"] // self.steps_per_epoch)
+        return state["step"], state["skipped_images"]
+
+    def _restore(self, path: Path, state: dict[str, Any], seed: int) -> None:
+        differences = _differences(state["config"], self.config)
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise CheckpointError(
+                f"{path}: has {state['steps_per_epoch']} steps per epoch, this run "
+                f"{self.steps_per_epoch}: dataset or --batch-size changed (settings that differ: "
+                f"{differences})")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(
+                f"{path}: written with other settings ({differences}); its state does not fit "
+                f"this run's model: {str(error).strip().splitlines()[0]}") from None
+        self.scaler.load_state_dict(state["scaler"])
+        saved_extras = state.get("extras", {})
+        for name, extra in self.extras.items():
+            if name not in saved_extras:
+                log.warning("%s: holds no %s state; they start afresh", path, name)
+                continue
+            try:
+                extra.load_state_dict(saved_extras[name])
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise CheckpointError(
+                    f"{path}: its {name} state does not fit this run (settings that differ: "
+                    f"{differences}): {str(error).strip().splitlines()[0]}") from None
+        runtime = self.runtime
+        if len(state["rng"]) == runtime.world_size:
+            set_rng_state(state["rng"][runtime.rank])
+        else:
+            log.warning("checkpoint written by %d ranks, resuming on %d: data order is kept, "
+                        "masking noise is reseeded", len(state["rng"]), runtime.world_size)
+            seed_everything(seed + runtime.rank + state["step"])
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    """Every tensor inside nested dicts, lists and tuples (a ``state_dict``'s shape)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _tensors_in(item)]
+    return []
+
+
+def newest_name(directory: Path) -> Path | str:
+    newest = list_checkpoints(directory)
+    return newest[0] if newest else "none"

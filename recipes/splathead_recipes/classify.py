@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,110 +32,55 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from splathead_recipes.shapes_task import write_shapes_task
 from splathead_recipes import distributed
-from splathead_recipes.config import ConfigError, check_devices, check_fields, check_output
+from splathead_recipes.cli import ConfigError, check_fields, option
 from splathead_recipes.crops import CentreCrop
 from splathead_recipes.data import (
     Batch, SafeImageFolder, build_loader, collate, stop_workers, train_crop)
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import known_model
 from splathead_recipes.eval_step import evaluate
-from splathead_recipes.loop import Stateful, StepHook, fit
+from splathead_recipes.checkpoint import Stateful
+from splathead_recipes.loop import StepHook, fit
 from splathead_recipes.optim import learning_rate
+from splathead_recipes.settings import RunConfig, check_devices, check_output, check_ranges
+from splathead_recipes.shapes_task import write_shapes_task
 from splathead_recipes.train_step import AUTOCAST_DTYPES, Forward
 
 log = logging.getLogger("gmae")
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
-class ClassifyConfig:
-    """The settings every classification recipe has; defaults are placeholders that each
-    recipe's presets replace."""
+class ClassifyConfig(RunConfig):
+    """The settings every classification recipe has: :class:`RunConfig`'s (with other defaults
+    where classification differs) and the encoder's; each recipe's presets replace the
+    placeholders."""
 
     # Encoder (splathead_recipes.encoders).
-    checkpoint: str = _opt("none", "the encoder: a checkpoint-*.pt of gmae_imagenet.py, an "
-                           "export_timm *.safetensors, or none (random init of --model)")
-    model: str | None = _opt(None, "architecture: a splathead factory (gmae_vit_base_patch16, "
-                             "...) or a timm model name; none: the pretraining checkpoint's")
-    img_size: int = _opt(224, "input resolution in pixels")
-    patch_size: int | None = _opt(None, "encoder patch size (none: the model's own)")
-    global_pool: Literal["avg", "token"] = _opt("avg", "avg: mean of the patch tokens, then a "
-                                                "fresh LayerNorm (MAE's fine-tuning); token: the "
-                                                "cls token after the final norm (MAE's ViT-B "
-                                                "linear probe)")
+    checkpoint: str = option("none", "the encoder: a checkpoint-*.pt of gmae_imagenet.py, an "
+                             "export_timm *.safetensors, or none (random init of --model)")
+    model: str | None = option(None, "architecture: a splathead factory (gmae_vit_base_patch16, "
+                               "...) or a timm model name; none: the pretraining checkpoint's")
+    global_pool: Literal["avg", "token"] = option("avg", "avg: mean of the patch tokens, then a "
+                                                  "fresh LayerNorm (MAE's fine-tuning); token: "
+                                                  "the cls token after the final norm (MAE's "
+                                                  "ViT-B linear probe)")
 
     # Data.
-    data_path: str | None = _opt(None, "ImageFolder root holding train/<class>/ and val/<class>/")
-    crop_scale: tuple[float, float] = _opt((0.08, 1.0), "RandomResizedCrop area range")
-    hflip: bool = _opt(True, "random horizontal flips")
-    jpeg_draft: bool = _opt(True, "decode a JPEG at 1/2, 1/4 or 1/8 size when the crop allows")
-    num_workers: int = _opt(10, "data loader processes per GPU")
-    pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
-    make_demo_data: bool = _opt(False, "write the shapes task (recipes/shapes_task.py) to "
-                                "--data-path first when that folder does not exist")
+    data_path: str | None = option(None, "ImageFolder root holding train/<class>/ and "
+                                   "val/<class>/")
+    make_demo_data: bool = option(False, "write the shapes task (recipes/shapes_task.py) to "
+                                  "--data-path first when that folder does not exist")
 
-    # Optimisation.
-    batch_size: int = _opt(1024, "global batch: world size x per-GPU batch x accum steps")
-    accum_steps: int = _opt(1, "gradient accumulation steps per optimiser step")
-    blr: float = _opt(1e-3, "base learning rate; lr = blr x batch_size / 256")
-    lr: float | None = _opt(None, "absolute learning rate (overrides blr)")
-    min_lr: float = _opt(0.0, "learning rate at the end of the cosine")
-    warmup_epochs: float = _opt(5.0, "linear warmup length in epochs")
-    epochs: int = _opt(100, "training length in epochs")
-    weight_decay: float = _opt(0.0, "weight decay")
-    clip_grad: float = _opt(0.0, "gradient-norm clip (0 turns it off)")
-    precision: Literal["bf16", "fp16", "fp32"] = _opt("bf16", "autocast dtype (fp32: none)")
-    compile: bool = _opt(False, "torch.compile the transformer blocks")
-
-    # System.
-    device: Literal["auto", "cuda", "cpu"] = _opt("auto", "auto: cuda when available")
-    backend: Literal["auto", "nccl", "gloo"] = _opt("auto", "auto: nccl on cuda, gloo on cpu")
-    seed: int = _opt(0, "seed for the head's initialisation, data order and augmentation")
-    output_dir: str = _opt("runs/classify", "checkpoints and metrics")
-
-    # Checkpoints, evaluation, logging.
-    checkpoint_every: int = _opt(1000, "steps between checkpoints (and at each epoch end)")
-    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep")
-    resume: str | None = _opt(None, "'auto' (newest readable in output-dir) or a file")
-    max_steps: int = _opt(0, "stop (with a checkpoint) after this many steps; 0: no limit")
-    eval_every: int = _opt(1, "epochs between evaluations on val/ (and one at the end); 0: at "
-                           "the end only")
-    log_every: int = _opt(20, "steps between metric records")
-
-    @property
-    def learning_rate(self) -> float:
-        """Peak learning rate: ``lr`` if given, else ``blr * batch_size / 256``."""
-        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_ranges(config: ClassifyConfig) -> str | None:
-    for name in ("img_size", "batch_size", "accum_steps", "epochs", "log_every",
-                 "keep_checkpoints", "checkpoint_every"):
-        if getattr(config, name) < 1:
-            return f"{_flag(name)} must be at least 1, got {getattr(config, name)}"
-    for name in ("num_workers", "max_steps", "warmup_epochs", "weight_decay", "clip_grad",
-                 "min_lr", "eval_every"):
-        if getattr(config, name) < 0:
-            return f"{_flag(name)} must be >= 0, got {getattr(config, name)}"
-    if config.patch_size is not None and (config.patch_size < 1
-                                          or config.img_size % config.patch_size):
-        return (f"--patch-size {config.patch_size} must be positive and divide --img-size "
-                f"{config.img_size}")
-    low, high = config.crop_scale
-    if not 0 < low <= high <= 1:
-        return f"--crop-scale needs 0 < min <= max <= 1, got {low} {high}"
-    if config.learning_rate <= 0:
-        return f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)"
-    return None
+    # Optimisation, system, evaluation: classification's defaults.
+    blr: float = option(1e-3, "base learning rate; lr = blr x batch_size / 256")
+    epochs: int = option(100, "training length in epochs")
+    weight_decay: float = option(0.0, "weight decay")
+    clip_grad: float = option(0.0, "gradient-norm clip (0 turns it off)")
+    seed: int = option(0, "seed for the head's initialisation, data order and augmentation")
+    output_dir: str = option("runs/classify", "checkpoints and metrics")
+    eval_every: int = option(1, "epochs between evaluations on val/ (and one at the end); 0: at "
+                             "the end only")
 
 
 def _check_sources(config: ClassifyConfig, check_data: bool) -> str | None:
@@ -162,11 +107,10 @@ def validate_classify(config: ClassifyConfig, *, world_size: int, cuda_available
     """Raise :class:`ConfigError` for any shared setting that would fail later; what needs the
     encoder or the images loaded is checked when they are, still before the first step.
     ``check_data=False`` leaves out ``--data-path`` (a recipe that writes it first)."""
-    for problem in (check_fields(config), _check_ranges(config),
-                    _check_sources(config, check_data),
-                    check_output(config), check_devices(config, world_size, cuda_available)):
-        if problem:
-            raise ConfigError(problem)
+    if problem := (check_fields(config) or check_ranges(config)
+                   or _check_sources(config, check_data) or check_output(config)
+                   or check_devices(config, world_size, cuda_available)):
+        raise ConfigError(problem)
 
 
 def writes_demo_data(config: ClassifyConfig) -> bool:

@@ -21,9 +21,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision import datasets
 
-from splathead_recipes.config import Config, ConfigError
+from splathead_recipes.cli import ConfigError
+from splathead_recipes.config import Config
 from splathead_recipes.crops import CentreCrop, TrainCrop, normalize
 from splathead_recipes.device_decode import EncodedBatch, EncodedCrop, EncodedTrainCrop
+from splathead_recipes.settings import RunConfig
 
 log = logging.getLogger("gmae")
 
@@ -56,7 +58,7 @@ class Batch(NamedTuple):
                      self.labels.to(device, non_blocking=True), self.num_skipped + skipped)
 
 
-def train_crop(config: Config) -> TrainCrop:
+def train_crop(config: RunConfig) -> TrainCrop:
     """The paper's augmentation: RandomResizedCrop (bicubic) + horizontal flip."""
     return TrainCrop(config.img_size, config.crop_scale, hflip=config.hflip,
                      jpeg_draft=config.jpeg_draft)
@@ -213,7 +215,7 @@ def build_dataset(config: Config) -> Dataset:
                           f"{root}/<class>/<image>") from None
 
 
-def build_loader(config: Config, dataset: Dataset, *, rank: int, world_size: int,
+def build_loader(config: RunConfig, dataset: Dataset, *, rank: int, world_size: int,
                  pin_memory: bool) -> tuple[DataLoader, ResumableSampler]:
     """Per-rank loader of micro-batches (``batch_size / (world_size * accum_steps)`` images)."""
     sampler = ResumableSampler(dataset, global_batch=config.batch_size, num_replicas=world_size,

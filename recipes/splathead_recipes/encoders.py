@@ -28,7 +28,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from splathead_recipes import checkpoint
-from splathead_recipes.config import ConfigError, load_config
+from splathead_recipes.cli import ConfigError
+from splathead_recipes.config import load_config
 from splathead_recipes.models import MODEL_FACTORIES
 
 log = logging.getLogger("gmae")

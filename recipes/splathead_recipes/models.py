@@ -6,24 +6,17 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import splathead
 from splathead import GMAE
 
 from splathead_recipes import checkpoint
+from splathead_recipes.config import MODEL_NAMES, Config, load_config
 
-if TYPE_CHECKING:
-    from splathead_recipes.config import Config
-
-# The factories exported at the package top level, so the registry does not depend on the module
-# that defines them. ``--model`` must name one of these (checked in validation).
+# The factories exported at the package top level, by the names ``--model`` takes (checked in
+# validation).
 MODEL_FACTORIES: dict[str, Callable[..., GMAE]] = {
-    "gmae_vit_base_patch16": splathead.gmae_vit_base_patch16,
-    "gmae_vit_large_patch16": splathead.gmae_vit_large_patch16,
-    "gmae_vit_huge_patch14": splathead.gmae_vit_huge_patch14,
-    "gmae_vit_tiny": splathead.gmae_vit_tiny,
-}
+    name: getattr(splathead, name) for name in MODEL_NAMES}
 
 
 def build_model(config: Config) -> GMAE:
@@ -43,8 +36,6 @@ def load_pretrained(path: Path) -> GMAE:
     Raises :class:`~splathead_recipes.checkpoint.CheckpointError`, naming the file and what is
     wrong, for anything else: an unreadable file, a bare state dict, weights that do not fit.
     """
-    from splathead_recipes.config import load_config  # here: config imports the registry
-
     state = checkpoint.load(path)
     checkpoint.require_keys(state, path, {"model", "config"}, "recipes/gmae_imagenet.py")
     config = load_config(state["config"])

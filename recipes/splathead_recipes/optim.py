@@ -9,6 +9,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from splathead_recipes.config import Config
+from splathead_recipes.settings import RunConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -27,7 +28,7 @@ def build_optimizer(model: nn.Module, config: Config, *, fused: bool) -> torch.o
                              betas=config.betas, fused=fused or None)
 
 
-def learning_rate(step: int, *, config: Config, steps_per_epoch: int) -> float:
+def learning_rate(step: int, *, config: RunConfig, steps_per_epoch: int) -> float:
     """Linear warmup from 0 over ``warmup_epochs``, then a cosine to ``min_lr``; per step.
 
     timm's ``CosineLRScheduler(warmup_prefix=True)`` computes the same curve with its factors in
