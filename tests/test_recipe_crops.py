@@ -17,8 +17,9 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 
 from splathead_recipes.config import PRESETS
+from splathead_recipes import crops
 from splathead_recipes.crops import (CentreCrop, CropBox, TrainCrop, decode_rgb, jpeg_reduction,
-                                     normalize, random_crop_box)
+                                     normalize, random_crop_box, region_decode, whole_decode)
 from splathead_recipes.data import build_dataset, build_loader, to_rgb
 
 
@@ -176,3 +177,13 @@ def test_centre_crop_is_maes_evaluation_crop_within_two_levels(tmp_path):
     crop = CentreCrop(40).from_file(tmp_path / "a.png", 0, to_rgb)
     assert crop.shape == (3, 40, 40)
     assert (crop.int() - reference.int()).abs().max() <= 2
+
+
+def test_decode_strategies_are_chosen_once_in_order(monkeypatch):
+    # The extension's region decode first where it is built and wanted, libjpeg-turbo's whole
+    # decode always; a crop built without the extension never tries it.
+    assert TrainCrop(32, (0.5, 1.0), region_decode=False).strategies == (whole_decode,)
+    monkeypatch.setattr(crops, "decode_region", None)
+    assert TrainCrop(32, (0.5, 1.0)).strategies == (whole_decode,)
+    monkeypatch.setattr(crops, "decode_region", lambda *args: None)
+    assert TrainCrop(32, (0.5, 1.0)).strategies == (region_decode, whole_decode)

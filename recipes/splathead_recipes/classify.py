@@ -36,7 +36,7 @@ from splathead_recipes import distributed
 from splathead_recipes.cli import ConfigError, check_fields, option
 from splathead_recipes.crops import CentreCrop
 from splathead_recipes.data import (
-    Batch, SafeImageFolder, build_loader, collate, stop_workers, train_crop)
+    Batch, Crop, SafeImageFolder, build_loader, collate, stop_workers, train_crop)
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.encoders import known_model
 from splathead_recipes.eval_step import evaluate
@@ -136,10 +136,10 @@ class ClassifyData:
     num_classes: int
 
 
-def build_classify_data(config: ClassifyConfig, *, crop: Any = None) -> ClassifyData:
+def build_classify_data(config: ClassifyConfig, *, crop: Crop | None = None) -> ClassifyData:
     """``train/`` and ``val/`` of ``--data-path``; :class:`ConfigError` for an empty folder or
-    other classes in ``val/`` than in ``train/``. ``crop``: the training images' crop, with
-    :class:`~splathead_recipes.crops.TrainCrop`'s calls (None: that one, from the config)."""
+    other classes in ``val/`` than in ``train/``. ``crop``: the training images' crop (None:
+    :class:`~splathead_recipes.crops.TrainCrop` from the config)."""
     root = Path(config.data_path)
     try:
         train = SafeImageFolder(root / "train", crop or train_crop(config))

@@ -31,7 +31,7 @@ import functools
 import io
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -153,12 +153,61 @@ def decode_rgb(path: str | Path, to_rgb: Callable[[Image.Image], Image.Image]) -
         return F.pil_to_tensor(to_rgb(image))
 
 
+DecodeStrategy = Callable[["TrainCrop", bytes, tuple[int, int], CropBox, int], "Tensor | None"]
+"""``strategy(crop, data, (height, width), box, reduction)``: the unflipped crop of a plain JPEG
+(libjpeg-turbo reads it, see :func:`turbo_jpeg_size`) at ``reduction``, or None to pass it on to
+the next strategy. Each gives the pixels of its whole-image counterpart."""
+
+
+def region_decode(crop: TrainCrop, data: bytes, size: tuple[int, int], box: CropBox,
+                  reduction: int) -> Tensor | None:
+    """The crop from the decoded box alone (``splathead_recipes._jpeg``); None for a file
+    without an end marker (a truncated file: the whole decode decides) or where libjpeg refused
+    or warned."""
+    if data.rfind(JPEG_END, -64) < 0:
+        return None
+    if reduction == 1:
+        if (pixels := decode_region(data, 1, *box)) is None:
+            return None
+        pixels = torch.frombuffer(pixels, dtype=torch.uint8).view(box.height, box.width, 3)
+        return crop.crop(pixels.permute(2, 0, 1), box._replace(top=0, left=0), flip=False)
+    # The reduced box with the rows and columns PIL's bicubic filter reaches beyond it
+    # (2 px of support at the box's scale, one more for rounding).
+    height, width = (-(-side // reduction) for side in size)
+    margin = math.ceil(2 * max(box.height, box.width) / reduction / crop.size) + 1
+    top, left = box.top / reduction, box.left / reduction
+    bottom, right = top + box.height / reduction, left + box.width / reduction
+    row0, col0 = max(int(top) - margin, 0), max(int(left) - margin, 0)
+    row1, col1 = (min(math.ceil(bottom) + margin, height),
+                  min(math.ceil(right) + margin, width))
+    if (pixels := decode_region(data, reduction, row0, col0, row1 - row0,
+                                col1 - col0)) is None:
+        return None
+    # Pasted where it lies in the reduced image, so that PIL computes its filter with the
+    # same floating-point numbers as on the whole image (outside the region: never read).
+    image = Image.new("RGB", (width, height))
+    image.paste(Image.frombuffer("RGB", (col1 - col0, row1 - row0), pixels, "raw", "RGB", 0,
+                                 1), (col0, row0))
+    return crop.reduced_crop(image, box, reduction)
+
+
+def whole_decode(crop: TrainCrop, data: bytes, size: tuple[int, int], box: CropBox,
+                 reduction: int) -> Tensor | None:
+    """The crop of the whole image decoded by libjpeg-turbo (``simplejpeg``), at full size only:
+    PIL's draft mode decodes the reduced ones."""
+    if reduction > 1 or (pixels := decode_turbo_jpeg(data)) is None:
+        return None
+    return crop.crop(pixels, box, flip=False)
+
+
 @dataclass(frozen=True)
 class TrainCrop:
     """RandomResizedCrop (bicubic) to ``size`` + horizontal flip, as uint8 ``[3 size size]``.
 
-    ``region_decode=False`` decodes JPEGs whole even where ``splathead_recipes._jpeg`` is built: the same
-    pixels, more time (for measuring it).
+    A plain JPEG goes through :attr:`strategies` in order, chosen once when the crop is built:
+    :func:`region_decode` where ``splathead_recipes._jpeg`` is built (unless
+    ``region_decode=False``: the same pixels, more time, for measuring it), then
+    :func:`whole_decode`; what none of them takes, and every other file, PIL decodes.
     """
 
     size: int
@@ -166,6 +215,12 @@ class TrainCrop:
     hflip: bool = True
     jpeg_draft: bool = True
     region_decode: bool = True
+    strategies: tuple[DecodeStrategy, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        use_region = self.region_decode and decode_region is not None
+        object.__setattr__(self, "strategies",
+                           (region_decode, whole_decode) if use_region else (whole_decode,))
 
     def draw(self, seed: int, *, height: int, width: int) -> tuple[CropBox, bool]:
         """The crop box and whether to flip, for an image of ``height`` x ``width``."""
@@ -191,52 +246,26 @@ class TrainCrop:
         if (size := turbo_jpeg_size(data)) is not None:
             box, flip = self.draw(seed, height=size[0], width=size[1])
             reduction = jpeg_reduction(box, self.size) if self.jpeg_draft else 1
-            if (crop := self._region_crop(data, size, box, reduction)) is not None:
-                return self._flip(crop, flip)
-            if reduction == 1 and (pixels := decode_turbo_jpeg(data)) is not None:
-                return self.crop(pixels, box, flip)
+            for strategy in self.strategies:
+                if (crop := strategy(self, data, size, box, reduction)) is not None:
+                    return self._flip(crop, flip)
+        return self._pil_crop(data, path, seed, to_rgb)
+
+    def _pil_crop(self, data: bytes, path: str | Path, seed: int,
+                  to_rgb: Callable[[Image.Image], Image.Image]) -> Tensor:
+        # PIL decodes (in draft mode at a reduction); the box is drawn from its header.
         with open_image(data, path) as image:  # reads the header only
             box, flip = self.draw(seed, height=image.height, width=image.width)
             is_jpeg = image.format == "JPEG"
             reduction = jpeg_reduction(box, self.size) if is_jpeg and self.jpeg_draft else 1
             if reduction > 1:
                 image.draft("RGB", (image.width // reduction, image.height // reduction))
-                return self._flip(self._reduced_crop(to_rgb(image), box, reduction), flip)
+                return self._flip(self.reduced_crop(to_rgb(image), box, reduction), flip)
             return self.crop(F.pil_to_tensor(to_rgb(image)), box, flip)
 
-    def _region_crop(self, data: bytes, size: tuple[int, int], box: CropBox,
-                     reduction: int) -> torch.Tensor | None:
-        # The unflipped crop from the decoded box alone (``splathead_recipes._jpeg``), or None: no
-        # extension, no end marker (a truncated file: the whole decode decides), or libjpeg
-        # refused or warned. Each path gives the pixels of its whole-image counterpart.
-        if not self.region_decode or decode_region is None or data.rfind(JPEG_END, -64) < 0:
-            return None
-        if reduction == 1:
-            if (pixels := decode_region(data, 1, *box)) is None:
-                return None
-            pixels = torch.frombuffer(pixels, dtype=torch.uint8).view(box.height, box.width, 3)
-            return self.crop(pixels.permute(2, 0, 1), box._replace(top=0, left=0), flip=False)
-        # The reduced box with the rows and columns PIL's bicubic filter reaches beyond it
-        # (2 px of support at the box's scale, one more for rounding).
-        height, width = (-(-side // reduction) for side in size)
-        margin = math.ceil(2 * max(box.height, box.width) / reduction / self.size) + 1
-        top, left = box.top / reduction, box.left / reduction
-        bottom, right = top + box.height / reduction, left + box.width / reduction
-        row0, col0 = max(int(top) - margin, 0), max(int(left) - margin, 0)
-        row1, col1 = (min(math.ceil(bottom) + margin, height),
-                      min(math.ceil(right) + margin, width))
-        if (pixels := decode_region(data, reduction, row0, col0, row1 - row0,
-                                    col1 - col0)) is None:
-            return None
-        # Pasted where it lies in the reduced image, so that PIL computes its filter with the
-        # same floating-point numbers as on the whole image (outside the region: never read).
-        image = Image.new("RGB", (width, height))
-        image.paste(Image.frombuffer("RGB", (col1 - col0, row1 - row0), pixels, "raw", "RGB", 0,
-                                     1), (col0, row0))
-        return self._reduced_crop(image, box, reduction)
-
-    def _reduced_crop(self, image: Image.Image, box: CropBox, reduction: int) -> torch.Tensor:
-        # The box at sub-pixel precision on the reduced image: PIL samples between its pixels.
+    def reduced_crop(self, image: Image.Image, box: CropBox, reduction: int) -> torch.Tensor:
+        """``box`` (full-image pixels) of ``image`` decoded at ``1 / reduction``, resized to the
+        output size: the box at sub-pixel precision, PIL samples between the pixels."""
         left, top = box.left / reduction, box.top / reduction
         crop = image.resize((self.size, self.size), Image.Resampling.BICUBIC,
                             box=(left, top, left + box.width / reduction,

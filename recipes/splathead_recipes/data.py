@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torchvision import datasets
 
 from splathead_recipes.cli import ConfigError
 from splathead_recipes.config import Config
-from splathead_recipes.crops import CentreCrop, TrainCrop, normalize
+from splathead_recipes.crops import TrainCrop, normalize
 from splathead_recipes.device_decode import EncodedBatch, EncodedCrop, EncodedTrainCrop
 from splathead_recipes.settings import RunConfig
 
@@ -39,6 +40,19 @@ class Sample(NamedTuple):
     image: torch.Tensor | EncodedCrop  # [3 h w] uint8 RGB, or a JPEG to decode on the device
     label: int
     substituted: bool  # the file at the sampled index was unreadable; a neighbour stands in
+
+
+class Crop(Protocol):
+    """What :class:`SafeImageFolder` asks of its crop (:class:`~.crops.TrainCrop`,
+    :class:`~.crops.CentreCrop`, :class:`~.finetune.AugmentedCrop`,
+    :class:`~.device_decode.EncodedTrainCrop`): a sample of an image file, a function of the
+    file and ``seed`` only."""
+
+    def from_file(self, path: str | Path, seed: int,
+                  to_rgb: Callable[[Image.Image], Image.Image]) -> torch.Tensor | EncodedCrop:
+        """uint8 ``[3 s s]`` (or a JPEG to decode on the device); ``to_rgb`` converts what PIL
+        decodes to 8-bit RGB. Raises ``OSError`` (naming ``path``) for an unreadable file."""
+        ...
 
 
 class Batch(NamedTuple):
@@ -89,7 +103,7 @@ class SafeImageFolder(datasets.ImageFolder):
     logged once per file (per worker) and counted in :attr:`Batch.num_skipped`.
     """
 
-    def __init__(self, root: str | Path, crop: TrainCrop | CentreCrop | EncodedTrainCrop) -> None:
+    def __init__(self, root: str | Path, crop: Crop) -> None:
         super().__init__(str(root))
         self.crop = crop
         self._warned: set[str] = set()
