@@ -38,6 +38,11 @@ class HFDinov2Encoder(nn.Module):
         # cls, then the registers (never masked)
         self.num_prefix_tokens: int = 1 + getattr(model.config, "num_register_tokens", 0)
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer layers, in order."""
+        return self.model.encoder.layer
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(gh, gw)`` for ``height x width`` images (each divisible by the patch)."""
         return patch_grid(height, width, self.patch_size)

@@ -49,6 +49,11 @@ class HFViTMAEEncoder(nn.Module):
         self.embed_dim: int = model.config.hidden_size
         self.patch_size: tuple[int, int] = tuple(model.embeddings.patch_embeddings.patch_size)
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer layers, in order."""
+        return _blocks(self.model)
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(gh, gw)`` for ``height x width`` images.
 
@@ -87,7 +92,7 @@ class HFViTMAEEncoder(nn.Module):
             patches = gather_tokens(patches, ids_keep)
         cls_token = (embeddings.cls_token + positions[:, :1]).expand(patches.shape[0], -1, -1)
         hidden = torch.cat([cls_token, patches], dim=1)
-        for block in _blocks(self.model):
+        for block in self.blocks:
             hidden = block(hidden)
             # transformers 4.x blocks return a tuple, 5.x a tensor
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden

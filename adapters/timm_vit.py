@@ -72,6 +72,11 @@ class TimmViTEncoder(nn.Module):
     def in_chans(self) -> int:
         return self.vit.patch_embed.proj.in_channels
 
+    @property
+    def blocks(self) -> nn.Sequential:
+        """The ViT's transformer blocks, in order."""
+        return self.vit.blocks
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(gh, gw)`` for ``height x width`` images.
 

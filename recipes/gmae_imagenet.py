@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 import torch
-from splathead import GMAE, GMAEOutput
+from splathead import GMAE
+from splathead.model import GMAEOutput
 from splathead.viz import hide_patches, save_reconstruction_grid
 
 from splathead_recipes.config import Config, ConfigError, parse_config, validate

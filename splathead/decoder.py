@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+from beartype.door import is_bearable
 from einops import repeat
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -139,6 +143,85 @@ class QueryDecoder(nn.Module):
         )
 
 
+@dataclass(frozen=True)
+class DecoderSettings:
+    """Every setting of the GMAE decoder, in one place; the defaults are the paper's (ViT-B/16).
+
+    :class:`GMAEDecoder` takes one (and keyword overrides of its fields), the factories and
+    :meth:`~splathead.model.GMAE.from_encoder` pass one on, and ``model.decoder.settings`` says
+    what a decoder was built with. Plain values only: ``dataclasses.asdict(settings)`` is
+    JSON-able and :meth:`from_dict` reads it back.
+
+    Attributes:
+        dim: decoder width, see :class:`QueryDecoder` (paper: 512).
+        depth: decoder blocks, see :class:`QueryDecoder` (paper: 8).
+        num_heads: decoder attention heads, see :class:`QueryDecoder` (paper: 16).
+        mlp_ratio: decoder MLP ratio, see :class:`QueryDecoder` (paper: 4).
+        num_queries: query tokens, see :class:`QueryDecoder` (paper: 256).
+        gaussians_per_token: ``m`` Gaussians per query (:class:`GaussianHead`): the decoder's
+            sequence (and cost) stays, the render's cost grows with ``m``.
+        num_channels: colour channels of the Gaussians, see :class:`GaussianHead`.
+        max_scale: largest standard deviation, scene units, see :class:`GaussianHead`.
+        center_range: range of the centres, see :class:`GaussianHead`.
+        rotation: the rotation parameterisation, see :class:`GaussianHead`.
+        background: render background, one value or one per channel, see
+            :class:`SplatRenderer` (white, as in the paper).
+        backend: render backend, "auto" (gsplat on CUDA when installed), "torch" or "gsplat".
+    """
+
+    dim: int = 512
+    depth: int = 8
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_queries: int = 256
+    gaussians_per_token: int = 1
+    num_channels: int = 3
+    max_scale: float = 1 / 8
+    center_range: float = 1.0
+    rotation: Rotation = "shoemake"
+    background: float | tuple[float, ...] = 1.0
+    backend: BackendName = "auto"
+
+    def __post_init__(self) -> None:
+        # Whole numbers stand for floats, a background sequence or tensor becomes plain floats;
+        # then every field must have its annotated type.
+        for name in ("mlp_ratio", "max_scale", "center_range"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        if isinstance(self.background, (int, Sequence, Tensor)) and not isinstance(
+            self.background, (bool, str)
+        ):
+            values = torch.as_tensor(self.background, dtype=torch.float64)
+            object.__setattr__(
+                self, "background", tuple(values.tolist()) if values.dim() else values.item()
+            )
+        hints = typing.get_type_hints(DecoderSettings)
+        for spec in fields(self):
+            if not is_bearable(getattr(self, spec.name), hints[spec.name]):
+                raise TypeError(
+                    f"DecoderSettings.{spec.name} must be {hints[spec.name]}, got "
+                    f"{getattr(self, spec.name)!r}"
+                )
+
+    @property
+    def num_gaussians(self) -> int:
+        """Gaussians per image: ``num_queries * gaussians_per_token``."""
+        return self.num_queries * self.gaussians_per_token
+
+    def replace(self, **changes: Any) -> DecoderSettings:
+        """These settings with ``changes``; a ``TypeError`` names any that is not a setting."""
+        names = [spec.name for spec in fields(self)]
+        if unknown := sorted(changes.keys() - set(names)):
+            raise TypeError(f"{unknown} are not decoder settings; DecoderSettings has {names}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecoderSettings:
+        """Settings from their ``dataclasses.asdict`` / JSON form."""
+        return cls().replace(**data)
+
+
 class DecoderOutput(NamedTuple):
     """What :class:`GMAEDecoder` returns."""
 
@@ -164,19 +247,8 @@ class GMAEDecoder(nn.Module):
         img_size: ``(h, w)`` (or one int) of the images; fixes the camera and the patch grid.
         patch_size: encoder patch size ``(ph, pw)`` (or one int); must divide ``img_size``.
         num_prefix_tokens: encoder tokens before the patches (cls, registers).
-        dim: decoder width, see :class:`QueryDecoder`.
-        depth: decoder blocks, see :class:`QueryDecoder`.
-        num_heads: decoder attention heads, see :class:`QueryDecoder`.
-        mlp_ratio: decoder MLP ratio, see :class:`QueryDecoder`.
-        num_queries: query tokens, see :class:`QueryDecoder`.
-        num_channels: colour channels of the Gaussians, see :class:`GaussianHead`.
-        max_scale: largest standard deviation, scene units, see :class:`GaussianHead`.
-        center_range: range of the centres, see :class:`GaussianHead`.
-        rotation: the rotation parameterisation, see :class:`GaussianHead`.
-        gaussians_per_token: ``m`` Gaussians per query (:class:`GaussianHead`): the decoder's
-            sequence (and cost) stays, the render's cost grows with ``m``.
-        background: render background, see :class:`SplatRenderer` (white, as in the paper).
-        backend: render backend, "auto" (gsplat on CUDA when installed), "torch" or "gsplat".
+        settings: the decoder's :class:`DecoderSettings` (the paper's by default).
+        overrides: fields of ``settings`` to change, by name (e.g. ``dim=64, backend="torch"``).
     """
 
     def __init__(
@@ -186,20 +258,12 @@ class GMAEDecoder(nn.Module):
         img_size: int | Sequence[int] = 224,
         patch_size: int | Sequence[int] = 16,
         num_prefix_tokens: int = 1,
-        dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        num_queries: int = 256,
-        num_channels: int = 3,
-        max_scale: float = 1 / 8,
-        center_range: float = 1.0,
-        rotation: Rotation = "shoemake",
-        gaussians_per_token: int = 1,
-        background: float | Sequence[float] | Tensor = 1.0,
-        backend: BackendName = "auto",
+        settings: DecoderSettings = DecoderSettings(),
+        **overrides: Any,
     ) -> None:
         super().__init__()
+        settings = settings.replace(**overrides)
+        self.settings = settings
         self.img_size = as_pair("img_size", img_size)
         self.patch_size = as_pair("patch_size", patch_size)
         height, width = self.img_size
@@ -208,22 +272,22 @@ class GMAEDecoder(nn.Module):
             encoder_dim,
             grid_size=self.grid_size,
             num_prefix_tokens=num_prefix_tokens,
-            dim=dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            num_queries=num_queries,
+            dim=settings.dim,
+            depth=settings.depth,
+            num_heads=settings.num_heads,
+            mlp_ratio=settings.mlp_ratio,
+            num_queries=settings.num_queries,
         )
         self.head = GaussianHead(
-            dim,
-            num_channels=num_channels,
-            max_scale=max_scale,
-            center_range=center_range,
-            rotation=rotation,
-            gaussians_per_token=gaussians_per_token,
+            settings.dim,
+            num_channels=settings.num_channels,
+            max_scale=settings.max_scale,
+            center_range=settings.center_range,
+            rotation=settings.rotation,
+            gaussians_per_token=settings.gaussians_per_token,
         )
         self.renderer = SplatRenderer(
-            Camera.gmae(height, width), backend=backend, background=background
+            Camera.gmae(height, width), backend=settings.backend, background=settings.background
         )
 
     @property

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from torch import nn
+
 from splathead.typing import Float, Int, Tensor
 
 
@@ -16,11 +18,14 @@ class MaskedEncoder(Protocol):
         embed_dim: width ``d`` of the output tokens.
         patch_size: ``(ph, pw)`` in pixels.
         num_prefix_tokens: tokens before the patches (cls, registers); never masked.
+        blocks: the transformer blocks, in order (``len``, indexing, iteration), e.g. for
+            :class:`splathead.probes.BlockFeatures` or layer-wise learning rates.
     """
 
     embed_dim: int
     patch_size: tuple[int, int]
     num_prefix_tokens: int
+    blocks: nn.Sequential | nn.ModuleList
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(gh, gw)`` for an image of ``height x width`` pixels."""

@@ -14,7 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from splathead.camera import Camera
-from splathead.decoder import DecoderOutput, GMAEDecoder
+from splathead.decoder import DecoderOutput, DecoderSettings, GMAEDecoder
 from splathead.encoder import MaskedEncoder
 from splathead.gaussians import Gaussians
 from splathead.losses import image_mse, masked_patch_mse
@@ -113,12 +113,15 @@ class GMAE(nn.Module):
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         loss: Loss = "masked",
         freeze_encoder: bool = False,
-        **decoder_kwargs: Any,
+        decoder_settings: DecoderSettings = DecoderSettings(),
+        **decoder_overrides: Any,
     ) -> GMAE:
         """A GMAE whose decoder is sized from ``encoder`` (width, patch size, prefix tokens).
 
-        ``decoder_kwargs`` go to :class:`GMAEDecoder` (paper defaults otherwise), e.g.
-        ``GMAE.from_encoder(wrap(timm.create_model("vit_base_patch16_224.mae")), img_size=224)``.
+        The decoder has ``decoder_settings`` (the paper's by default) with
+        ``decoder_overrides`` of its fields, e.g.
+        ``GMAE.from_encoder(wrap(timm.create_model("vit_base_patch16_224.mae")), img_size=224)``
+        or ``GMAE.from_encoder(encoder, img_size=64, dim=64, depth=2, num_queries=64)``.
         """
         _check_encoder(encoder)
         decoder = GMAEDecoder(
@@ -126,7 +129,8 @@ class GMAE(nn.Module):
             img_size=img_size,
             patch_size=encoder.patch_size,
             num_prefix_tokens=encoder.num_prefix_tokens,
-            **decoder_kwargs,
+            settings=decoder_settings,
+            **decoder_overrides,
         )
         return cls(
             encoder,
@@ -227,19 +231,7 @@ class GMAE(nn.Module):
                 ``mask_ratio``, for a deterministic mask. Give at most one of the two.
         """
         self._check_images(images)
-        batch_size = images.shape[0]
-        if mask is not None and noise is not None:
-            raise ValueError("give at most one of mask and noise")
-        if mask is None:
-            if noise is None:
-                mask = self.masking(batch_size, self.num_patches, device=images.device)
-            else:
-                mask = self.masking.from_noise(noise)
-        if mask.batch_size != batch_size or mask.num_patches != self.num_patches:
-            raise ValueError(
-                f"mask is for {mask.batch_size} images of {mask.num_patches} patches, expected "
-                f"{batch_size} images of {self.num_patches} patches"
-            )
+        mask = self._mask(images, mask=mask, noise=noise)
         latent = self.encoder(images, mask.ids_keep)
         gaussians = self.decode(latent, mask.ids_keep)
         image = self.render(gaussians)
@@ -268,27 +260,46 @@ class GMAE(nn.Module):
         :func:`splathead.masking.covering_masks` draws masks that together show every patch.
         """
         self._check_images(images)
-        batch_size = images.shape[0]
-        if mask is not None:
-            if mask_ratio is not None:
-                raise ValueError("give at most one of mask_ratio and mask")
-        elif mask_ratio == 0:
-            ids_keep = torch.arange(self.num_patches, device=images.device)
-            mask = PatchMask(
-                ids_keep=ids_keep.expand(batch_size, -1), ids_restore=ids_keep.expand(batch_size, -1)
-            )
-        else:
-            ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        if mask is not None and mask_ratio is not None:
+            raise ValueError("give at most one of mask_ratio and mask")
+        noise = None
+        if mask is None and mask_ratio == 0:
+            ids_keep = torch.arange(self.num_patches, device=images.device).expand(len(images), -1)
+            mask = PatchMask(ids_keep=ids_keep, ids_restore=ids_keep)
+        elif mask is None:
             if generator is None:
                 generator = torch.Generator().manual_seed(0)
-            noise = torch.rand(batch_size, self.num_patches, generator=generator)
-            mask = RandomMasking(ratio).from_noise(noise.to(images.device))
-        if mask.batch_size != batch_size or mask.num_patches != self.num_patches:
+            noise = torch.rand(len(images), self.num_patches, generator=generator)
+            noise = noise.to(images.device)
+        mask = self._mask(images, mask=mask, noise=noise, ratio=mask_ratio)
+        return self.decoder(self.encode(images, mask.ids_keep), ids_keep=mask.ids_keep)
+
+    def _mask(
+        self,
+        images: Tensor,
+        *,
+        mask: PatchMask | None = None,
+        noise: Tensor | None = None,
+        ratio: float | None = None,
+    ) -> PatchMask:
+        """The mask :meth:`forward` and :meth:`reconstruct` run ``images`` under: ``mask``
+        itself, or one drawn at ``ratio`` (``mask_ratio`` when None) from ``noise`` (from the
+        global generator on the images' device when None); checked against the batch and the
+        patch grid."""
+        if mask is not None and noise is not None:
+            raise ValueError("give at most one of mask and noise")
+        if mask is None:
+            masking = self.masking if ratio is None else RandomMasking(ratio)
+            if noise is None:
+                mask = masking(len(images), self.num_patches, device=images.device)
+            else:
+                mask = masking.from_noise(noise)
+        if mask.batch_size != len(images) or mask.num_patches != self.num_patches:
             raise ValueError(
                 f"mask is for {mask.batch_size} images of {mask.num_patches} patches, expected "
-                f"{batch_size} images of {self.num_patches} patches"
+                f"{len(images)} images of {self.num_patches} patches"
             )
-        return self.decoder(self.encode(images, mask.ids_keep), ids_keep=mask.ids_keep)
+        return mask
 
     def _check_images(self, images: Tensor) -> None:
         channels, height, width = images.shape[1:]

@@ -6,7 +6,7 @@ detached, so the probes never change the encoder: they measure it. Here they poo
 tokens of the pass they hook (the authors pool all tokens, cls included, of a second pass over
 the whole image) and have their own optimiser (the authors' share the GMAE's).
 
-    blocks = BlockFeatures(model.encoder.vit.blocks, num_prefix_tokens=1)
+    blocks = BlockFeatures(model.encoder.blocks, num_prefix_tokens=1)
     probes = OnlineProbes(embed_dim=768, num_classes=1000, num_blocks=len(blocks))
     output = model(images)                      # hooks record every block's pooled tokens
     logits = probes(blocks.features())          # [blocks b classes]

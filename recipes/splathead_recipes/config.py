@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from splathead.factories import ENCODERS
 from splathead.render.renderer import BackendName
 
 from splathead_recipes.cli import (
@@ -20,8 +21,7 @@ IMAGENET_TRAIN_SIZE = 1_281_167
 
 # The splathead factories ``--model`` may name (splathead_recipes.models maps them to the
 # functions).
-MODEL_NAMES = ("gmae_vit_base_patch16", "gmae_vit_large_patch16", "gmae_vit_huge_patch14",
-               "gmae_vit_tiny")
+MODEL_NAMES = tuple(ENCODERS)
 
 
 @dataclass(frozen=True)

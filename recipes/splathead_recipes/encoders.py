@@ -27,10 +27,11 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from splathead.factories import ENCODERS, gmae_encoder
+
 from splathead_recipes import checkpoint
 from splathead_recipes.cli import ConfigError
 from splathead_recipes.config import load_config
-from splathead_recipes.models import MODEL_FACTORIES
 
 log = logging.getLogger("gmae")
 
@@ -39,7 +40,7 @@ _ENCODER_PREFIX = "encoder.vit."
 
 def known_model(name: str) -> bool:
     """Whether ``--model name`` is a splathead factory or a timm model."""
-    return name in MODEL_FACTORIES or timm.is_model(name)
+    return name in ENCODERS or timm.is_model(name)
 
 
 def build_architecture(model: str, *, img_size: int, patch_size: int | None,
@@ -47,22 +48,22 @@ def build_architecture(model: str, *, img_size: int, patch_size: int | None,
     """``model``'s ViT at ``img_size`` without a head, randomly initialised.
 
     Args:
-        model: a splathead factory name (the GMAE's encoder, MAE's initialisation) or a timm
-            model name (timm's initialisation).
+        model: a splathead factory name (that GMAE's encoder alone,
+            :func:`splathead.factories.gmae_encoder`: MAE's initialisation) or a timm model name
+            (timm's initialisation).
         patch_size: None for the model's own.
         vit_kwargs: more keywords of timm's ``VisionTransformer`` (e.g. ``drop_path_rate``).
     """
     patch = {} if patch_size is None else {"patch_size": patch_size}
     try:
-        if model in MODEL_FACTORIES:
-            vit = MODEL_FACTORIES[model](img_size=img_size, backend="torch", **patch,
-                                         **vit_kwargs).encoder.vit
+        if model in ENCODERS:
+            vit = gmae_encoder(model, img_size=img_size, **patch, **vit_kwargs).vit
         elif timm.is_model(model):
             vit = timm.create_model(model, pretrained=False, num_classes=0, img_size=img_size,
                                     **patch, **vit_kwargs)
         else:
             raise ConfigError(f"--model {model!r} is neither a splathead model "
-                              f"({', '.join(MODEL_FACTORIES)}) nor a timm model")
+                              f"({', '.join(ENCODERS)}) nor a timm model")
     except (ValueError, TypeError, AssertionError) as error:
         if isinstance(error, ConfigError):
             raise

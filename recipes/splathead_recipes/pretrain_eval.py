@@ -119,10 +119,10 @@ class OnlineProbeTraining:
     and labels here; the instance itself is a step hook that, after each optimiser step, takes
     one AdamW step of the probes on all of them (the rank's share of the global batch; under
     torchrun the probes are DDP-wrapped, so their gradients are averaged over ranks). It
-    checkpoints as a :class:`~splathead_recipes.loop.Stateful`.
+    checkpoints as a :class:`~splathead_recipes.checkpoint.Stateful`.
 
     Args:
-        model: the GMAE whose encoder blocks are probed (a timm ViT at ``model.encoder.vit``).
+        model: the GMAE whose encoder blocks are probed (``model.encoder.blocks``).
         num_classes: classes of the labels.
         lr: the probes' constant learning rate.
         runtime: where the probes live; DDP under torchrun.
@@ -131,9 +131,9 @@ class OnlineProbeTraining:
 
     def __init__(self, model: GMAE, *, num_classes: int, lr: float, runtime: Runtime,
                  log_every: int) -> None:
-        vit = model.encoder.vit
-        self.blocks = BlockFeatures(vit.blocks, num_prefix_tokens=vit.num_prefix_tokens)
-        self.probes = OnlineProbes(embed_dim=vit.embed_dim, num_classes=num_classes,
+        encoder = model.encoder
+        self.blocks = BlockFeatures(encoder.blocks, num_prefix_tokens=encoder.num_prefix_tokens)
+        self.probes = OnlineProbes(embed_dim=encoder.embed_dim, num_classes=num_classes,
                                    num_blocks=len(self.blocks)).to(runtime.device)
         self.optimizer = torch.optim.AdamW(self.probes.parameters(), lr=lr, weight_decay=0.0)
         self.trained: nn.Module = (DistributedDataParallel(self.probes, device_ids=(
