@@ -192,8 +192,10 @@ class Analysis:
 
 
 def shuffle_depths(gaussians: Gaussians, generator: torch.Generator) -> Gaussians:
-    """The same Gaussians with their centres' depths (z) permuted within each image: every 2D
-    footprint and colour stays (orthographic camera), only the depth order changes."""
+    """The same Gaussians with their centres' depths (z) permuted within each image: under the
+    default orthographic camera every 2D footprint and colour stays and only the depth order
+    changes (with the authors' footprint, ``Camera.footprint_depth``, each footprint is also
+    resized by its new depth)."""
     batch, count = gaussians.means.shape[:2]
     permutation = torch.argsort(torch.rand(batch, count, generator=generator), dim=1)
     depths = torch.gather(gaussians.means[..., 2], 1, permutation.to(gaussians.means.device))

@@ -11,6 +11,7 @@ import torch
 from splathead.typing import Float, Tensor, typecheck
 
 CameraModel = Literal["ortho", "pinhole"]
+Footprint = Literal["ortho", "authors"]
 
 
 def _identity() -> Tensor:
@@ -34,6 +35,14 @@ class Camera:
             ``(fx x + cx, fy y + cy)`` and uses depth only to order the compositing.
         near: Gaussians whose camera-space z is below this are culled.
         far: Gaussians whose camera-space z is above this are culled; may be ``inf``.
+        footprint_depth: ``"ortho"`` cameras only. ``None``: footprints are the orthographic
+            projection's, whatever the depth. A depth ``d``: footprints are sized as a pinhole
+            of focal ``(fx d, fy d)`` sizes them at the centre's camera-space depth ``z`` (its
+            EWA Jacobian, shear term included, with ``x/z`` and ``y/z`` clamped to
+            ``1.3 W / (2 fx)`` and ``1.3 H / (2 fy)`` as gsplat 0.1.0 clamps them), while the
+            centres stay orthographic: on the axis a Gaussian at ``z = d`` has the orthographic
+            footprint and one at ``z`` is ``d / z`` times as wide. The GMAE authors' renderer
+            (:meth:`gmae` with ``footprint="authors"``).
 
     Every number must be finite (``far`` excepted): a NaN or infinite intrinsic or ``viewmat``
     entry is an error naming the field.
@@ -49,6 +58,7 @@ class Camera:
     model: CameraModel = "pinhole"
     near: float = 0.01
     far: float = 1e10
+    footprint_depth: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("fx", "fy", "cx", "cy", "near"):
@@ -67,6 +77,16 @@ class Camera:
             raise ValueError(f"Camera focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
         if not 0 < self.near < self.far:
             raise ValueError(f"Camera needs 0 < near < far, got near={self.near}, far={self.far}")
+        if self.footprint_depth is not None:
+            if not (math.isfinite(self.footprint_depth) and self.footprint_depth > 0):
+                raise ValueError(
+                    f"Camera.footprint_depth must be finite and positive, got {self.footprint_depth}"
+                )
+            if self.model != "ortho":
+                raise ValueError(
+                    f"Camera.footprint_depth needs model='ortho' (its centres are orthographic), "
+                    f"got model={self.model!r}"
+                )
         bottom = self.viewmat[3].detach().cpu()
         if not torch.equal(bottom, torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=bottom.dtype)):
             raise ValueError(f"Camera.viewmat last row must be [0, 0, 0, 1], got {bottom.tolist()}")
@@ -74,13 +94,22 @@ class Camera:
         object.__setattr__(self, "viewmat", self.viewmat.detach().to("cpu", torch.float32))
 
     @classmethod
-    def gmae(cls, height: int, width: int, *, distance: float = 8.0) -> Camera:
+    def gmae(
+        cls, height: int, width: int, *, distance: float = 8.0, footprint: Footprint = "ortho"
+    ) -> Camera:
         """The GMAE paper's camera: scene x, y in (-1, 1) span the image.
 
         Orthographic with focal ``W/2, H/2`` and principal point at the image centre, placed at
         ``distance`` along -z (the authors' 90-degree field of view at distance 8 under gsplat 0.1,
         which landed centres orthographically). A scene-unit scale ``s`` covers ``s * W/2`` px.
+
+        ``footprint="authors"`` sizes footprints as the authors' renderer did
+        (``footprint_depth=distance``): a Gaussian at scene depth ``z`` is ``distance /
+        (distance + z)`` times as wide as under the default camera, which it equals at ``z = 0``
+        on the axis, with the pinhole's shear off the axis. Only the torch backend renders it.
         """
+        if footprint not in ("ortho", "authors"):
+            raise ValueError(f"footprint must be 'ortho' or 'authors', got {footprint!r}")
         viewmat = torch.eye(4)
         viewmat[2, 3] = distance
         return cls(
@@ -92,6 +121,7 @@ class Camera:
             cy=height / 2,
             viewmat=viewmat,
             model="ortho",
+            footprint_depth=distance if footprint == "authors" else None,
         )
 
     @property

@@ -15,7 +15,7 @@ from einops import repeat
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from splathead.camera import Camera
+from splathead.camera import Camera, Footprint
 from splathead.gaussians import Gaussians
 from splathead.head import GaussianHead, Rotation
 from splathead.initialization import init_like_mae
@@ -167,6 +167,8 @@ class DecoderSettings:
         background: render background, one value or one per channel, see
             :class:`SplatRenderer` (white, as in the paper).
         backend: render backend, "auto" (gsplat on CUDA when installed), "torch" or "gsplat".
+        footprint: the camera's footprints (:meth:`Camera.gmae`): "ortho", independent of depth,
+            or "authors", sized by depth as in the GMAE authors' renderer (torch backend only).
     """
 
     dim: int = 512
@@ -181,6 +183,7 @@ class DecoderSettings:
     rotation: Rotation = "shoemake"
     background: float | tuple[float, ...] = 1.0
     backend: BackendName = "auto"
+    footprint: Footprint = "ortho"
 
     def __post_init__(self) -> None:
         # Whole numbers stand for floats, a background sequence or tensor becomes plain floats;
@@ -287,7 +290,9 @@ class GMAEDecoder(nn.Module):
             gaussians_per_token=settings.gaussians_per_token,
         )
         self.renderer = SplatRenderer(
-            Camera.gmae(height, width), backend=settings.backend, background=settings.background
+            Camera.gmae(height, width, footprint=settings.footprint),
+            backend=settings.backend,
+            background=settings.background,
         )
 
     @property

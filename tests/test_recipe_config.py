@@ -13,6 +13,7 @@ from torch import nn
 from splathead import gmae_vit_tiny
 from splathead_recipes.config import (
     PRESETS, Config, ConfigError, load_config, parse_config, validate)
+from splathead_recipes.models import build_model
 from splathead_recipes.optim import learning_rate, param_groups
 
 
@@ -41,8 +42,6 @@ def test_every_field_is_a_flag_that_overrides_the_preset():
 
 
 def test_patch_size_overrides_the_models_own():
-    from splathead_recipes.models import build_model
-
     config = dataclasses.replace(PRESETS["demo"], img_size=32, patch_size=4)
     assert build_model(config).patch_size == (4, 4)
 
@@ -94,6 +93,10 @@ def test_demo_preset_is_valid_on_cpu():
          "--gaussians-per-token must be at least 1, got 0"),
         ({"gaussians_per_token": 3, "dataset": "synthetic"}, 1, True,
          "--num-gaussians 256 is not divisible by --gaussians-per-token 3"),
+        ({"footprint": "pinhole", "dataset": "synthetic"}, 1, True,
+         "--footprint 'pinhole' is not one of"),
+        ({"footprint": "authors", "render_backend": "gsplat", "dataset": "synthetic"}, 1, True,
+         "--footprint authors: gsplat cannot render the authors' footprint"),
     ],
 )
 def test_validation_names_the_setting_to_change(overrides, world_size, cuda, message):
@@ -153,3 +156,9 @@ def test_resuming_a_checkpoint_from_elsewhere_into_another_runs_folder_is_refuse
         check(config)
     check(dataclasses.replace(config, resume="auto"))
 
+
+
+def test_footprint_flag_reaches_the_models_camera():
+    config = dataclasses.replace(PRESETS["demo"], footprint="authors")
+    assert build_model(config).decoder.camera.footprint_depth == 8.0
+    assert build_model(PRESETS["demo"]).decoder.camera.footprint_depth is None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from splathead.camera import Footprint
 from splathead.factories import ENCODERS
 from splathead.render.renderer import BackendName
 
@@ -38,6 +39,9 @@ class Config(RunConfig):
     max_scale: float = option(0.125, "largest Gaussian std in scene units (paper c = 1: 1/8)")
     mask_ratio: float = option(0.75, "fraction of patches hidden from the encoder, in (0, 1)")
     render_backend: BackendName = option("auto", "splatting backend")
+    footprint: Footprint = option("ortho", "Gaussian footprints: ortho (independent of depth) or "
+                                  "authors (sized by depth 8 / (8 + z) as in the GMAE authors' "
+                                  "renderer; torch backend only)")
 
     # Data.
     data_path: str | None = option(None, "ImageNet root holding train/ (dataset imagefolder)")
@@ -160,6 +164,9 @@ def _check_placement(config: Config, world_size: int, cuda_available: bool) -> s
         return problem
     if config.render_backend == "gsplat" and not uses_cuda(config, cuda_available):
         return "--render-backend gsplat needs CUDA; use torch (or auto) on CPU"
+    if config.render_backend == "gsplat" and config.footprint == "authors":
+        return ("--footprint authors: gsplat cannot render the authors' footprint; use "
+                "--render-backend torch (or auto)")
     if problem := check_gpu_decode(config.gpu_decode, config, cuda_available):
         return problem
     if config.gpu_decode and config.dataset != "imagefolder":

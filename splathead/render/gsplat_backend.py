@@ -21,12 +21,23 @@ from splathead.render.backend import RenderOutput
 from splathead.render.projection import EPS2D, cap_scales, normalize_quats
 from splathead.typing import Float, Tensor, typecheck
 
-__all__ = ["GsplatBackend", "gsplat_available", "rasterize_with_gsplat"]
+__all__ = ["GsplatBackend", "check_gsplat_camera", "gsplat_available", "rasterize_with_gsplat"]
 
 
 def gsplat_available() -> bool:
     """Whether ``gsplat`` can be imported (without importing it)."""
     return importlib.util.find_spec("gsplat") is not None
+
+
+def check_gsplat_camera(camera: Camera) -> None:
+    """Raise ``ValueError`` for a camera gsplat cannot render exactly: the GMAE authors'
+    footprint (``Camera.footprint_depth``), which gsplat 1.5's orthographic model does not have."""
+    if camera.footprint_depth is not None:
+        raise ValueError(
+            f"the gsplat backend cannot render Camera.footprint_depth={camera.footprint_depth} "
+            "(the GMAE authors' footprint, Camera.gmae(..., footprint='authors')): gsplat's "
+            "orthographic camera sizes footprints independently of depth; use backend='torch'"
+        )
 
 
 class GsplatBackend:
@@ -55,7 +66,9 @@ class GsplatBackend:
     ) -> RenderOutput:
         """Same contract as the torch backend; raises ``TypeError`` unless the Gaussians are
         float32 and ``ValueError`` unless they are on CUDA (the background is on their device
-        and of their dtype, as the renderer passes it)."""
+        and of their dtype, as the renderer passes it) and for a camera with the authors'
+        footprint (:func:`check_gsplat_camera`)."""
+        check_gsplat_camera(camera)
         if gaussians.dtype != torch.float32:
             raise TypeError(
                 f"Gaussians are {str(gaussians.dtype).removeprefix('torch.')} but the gsplat "

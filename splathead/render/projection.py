@@ -15,6 +15,10 @@ world-to-camera transform ``[W | t]`` and intrinsics ``fx, fy, cx, cy``:
      view (``-(cx/fx + 0.3 W/(2 fx)) <= x/z <= (W - cx)/fx + 0.3 W/(2 fx)``); the mean itself is
      not clamped.
    - ortho: ``mean2d = (fx x + cx, fy y + cy)``, ``J = [[fx, 0, 0], [0, fy, 0]]``.
+   - ortho with ``camera.footprint_depth = d`` (the GMAE authors' footprint): the ortho
+     ``mean2d``, and the pinhole ``J`` of focal ``(fx d, fy d)``, its ``x/z`` and ``y/z``
+     clamped symmetrically to ``1.3 W / (2 fx)`` and ``1.3 H / (2 fy)`` (gsplat 0.1.0's
+     ``project_cov3d_ewa`` with the authors' focal ``fx``, their scales being ours times ``d``).
 
 4. ``cov2d = J Sigma_c J^T + eps2d I`` (``eps2d = 0.3`` px^2 of blur keeps ``cov2d`` invertible
    even for zero scales); the conic is ``cov2d^-1`` stored as ``(a, b, c)`` =
@@ -63,6 +67,9 @@ RADIUS_EXTENT = 3.33
 FRUSTUM_MARGIN = 0.3
 """The pinhole Jacobian clamps ``x/z, y/z`` to the frustum widened by this fraction of the
 half field of view."""
+AUTHORS_FRUSTUM = 1.3
+"""The authors' footprint clamps ``|x/z|, |y/z|`` to this many tangents of the half field of
+view of focal ``fx, fy`` (gsplat 0.1.0, symmetric about the axis)."""
 MAX_FOOTPRINT = 2.0**12
 """Scales are capped where an axis's projected standard deviation exceeds this times the
 centre's reach: ``0.5 / MAX_FOOTPRINT^2 = 2^-25``, so the footprint is flat over the image."""
@@ -152,23 +159,39 @@ def _project_centres(means: Tensor, camera: Camera) -> _ScreenProjection:
     fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
     in_depth_range = (z >= near) & (z <= far)
 
-    zero = torch.zeros_like(z)
+    # Culled centres (z <= 0 among them) divide by 1 instead, so no inf/NaN reaches autograd.
+    z = torch.where(in_depth_range, z, torch.ones_like(z))
     if camera.model == "pinhole":
-        # Culled centres (z <= 0 among them) divide by 1 instead, so no inf/NaN reaches autograd.
-        z = torch.where(in_depth_range, z, torch.ones_like(z))
         u, v = x / z, y / z
         means2d = torch.stack([fx * u + cx, fy * v + cy], dim=-1)
         margin_x, margin_y = FRUSTUM_MARGIN * 0.5 * width / fx, FRUSTUM_MARGIN * 0.5 * height / fy
         tx = z * torch.clamp(u, min=-(cx / fx + margin_x), max=(width - cx) / fx + margin_x)
         ty = z * torch.clamp(v, min=-(cy / fy + margin_y), max=(height - cy) / fy + margin_y)
-        rows = [fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2]
+        rows = _pinhole_jacobian(fx, fy, z, tx, ty)
     elif camera.model == "ortho":
         means2d = torch.stack([fx * x + cx, fy * y + cy], dim=-1)
-        rows = [fx + zero, zero, zero, zero, fy + zero, zero]
+        if camera.footprint_depth is None:
+            zero = torch.zeros_like(z)
+            rows = [fx + zero, zero, zero, zero, fy + zero, zero]
+        else:
+            limit_x = AUTHORS_FRUSTUM * 0.5 * width / fx
+            limit_y = AUTHORS_FRUSTUM * 0.5 * height / fy
+            tx = z * torch.clamp(x / z, min=-limit_x, max=limit_x)
+            ty = z * torch.clamp(y / z, min=-limit_y, max=limit_y)
+            depth = camera.footprint_depth
+            rows = _pinhole_jacobian(fx * depth, fy * depth, z, tx, ty)
     else:
         raise ValueError(f"camera.model must be 'pinhole' or 'ortho', got {camera.model!r}")
     jacobian = rearrange(torch.stack(rows, dim=-1), "... (i j) -> ... i j", i=2)
     return _ScreenProjection(means_cam, means2d, jacobian, in_depth_range)
+
+
+def _pinhole_jacobian(
+    fx: Tensor, fy: Tensor, z: Tensor, tx: Tensor, ty: Tensor
+) -> list[Tensor]:
+    """The rows of ``J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]]``, flattened."""
+    zero = torch.zeros_like(z)
+    return [fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2]
 
 
 @torch.no_grad()

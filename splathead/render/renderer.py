@@ -13,7 +13,7 @@ from torch import nn
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.render.backend import RenderBackend, RenderOutput
-from splathead.render.gsplat_backend import GsplatBackend, gsplat_available
+from splathead.render.gsplat_backend import GsplatBackend, check_gsplat_camera, gsplat_available
 from splathead.render.projection import ALPHA_THRESHOLD
 from splathead.render.torch_backend import TorchBackend
 from splathead.typing import Float, Tensor, typecheck
@@ -53,8 +53,9 @@ class SplatRenderer(nn.Module):
     Args:
         camera: the camera every image is rendered with, e.g. ``Camera.gmae(224, 224)``.
         backend: "torch" (pure PyTorch, any device), "gsplat" (CUDA kernels, float32 CUDA
-            tensors only), "auto": gsplat when the renderer lives on a CUDA device and gsplat is
-            importable, torch otherwise; or any object implementing
+            tensors only; not for the authors' footprint, ``Camera.footprint_depth``), "auto":
+            gsplat when the renderer lives on a CUDA device, gsplat is importable and can render
+            the camera, torch otherwise; or any object implementing
             :class:`~splathead.render.RenderBackend`. The backend's name is ``self.backend``
             and is logged (logger "splathead") the first time it is used.
         background: default background colour: a float for every channel, a sequence of ``c``
@@ -109,6 +110,7 @@ class SplatRenderer(nn.Module):
         # Built-in backends by name; "gsplat" is built now so that a missing gsplat fails here.
         self._built_in: dict[str, RenderBackend] = {}
         if backend == "gsplat":
+            check_gsplat_camera(camera)
             self._built_in["gsplat"] = GsplatBackend()
         self._logged_backend: str | None = None
         self._warned_collapse = False
@@ -122,7 +124,8 @@ class SplatRenderer(nn.Module):
         if requested != "auto":
             return requested
         on_cuda = self.background.device.type == "cuda"
-        return "gsplat" if on_cuda and gsplat_available() else "torch"
+        gsplat_renders = self.camera.footprint_depth is None and gsplat_available()
+        return "gsplat" if on_cuda and gsplat_renders else "torch"
 
     def extra_repr(self) -> str:
         camera = self.camera
