@@ -160,13 +160,9 @@ def fit(settings: RunConfig, runtime: Runtime, *, model: nn.Module,
                 while step < epoch_end:
                     # Step.
                     lr = schedule(step)
-                    step_fn.set_learning_rate(lr)
-                    result = step_fn(batches, stop_requested=stop.received is not None)
-                    if result.non_finite:
-                        raise NonFiniteError(
-                            f"non-finite loss or gradient at step {step} (epoch "
-                            f"{step // steps_per_epoch}); stopped before the optimiser step. "
-                            f"Last good checkpoint: {newest_name(output_dir)}")
+                    result = _optimizer_step(step_fn, batches, lr, step=step, stop=stop,
+                                             output_dir=output_dir,
+                                             steps_per_epoch=steps_per_epoch)
                     step += 1
                     skipped_total += result.num_skipped
                     extra = {name: value for hook in hooks
@@ -179,9 +175,7 @@ def fit(settings: RunConfig, runtime: Runtime, *, model: nn.Module,
                     # Evaluate.
                     if evaluation is not None and (
                             step == last_step or (eval_interval and step % eval_interval == 0)):
-                        results = evaluation(step)
-                        if metrics is not None:
-                            metrics.evaluation(step, results)
+                        _evaluate(evaluation, metrics, step)
                     if result.num_skipped:
                         log.warning("step %d: %d unreadable images replaced (%d so far)", step,
                                     result.num_skipped, skipped_total)
@@ -213,6 +207,27 @@ def _prepare(settings: RunConfig, runtime: Runtime, step_fn: TrainStep, *,
     log.info("%.1fM parameters, %d steps per epoch, %d per-GPU x %d accum x %d ranks = batch %d",
              sum(p.numel() for p in model.parameters()) / 1e6, steps_per_epoch,
              per_gpu_batch, settings.accum_steps, runtime.world_size, settings.batch_size)
+
+
+def _optimizer_step(step_fn: TrainStep, batches: Iterator, lr: float, *, step: int,
+                    stop: StopSignal, output_dir: Path, steps_per_epoch: int) -> StepResult:
+    """Step ``step`` at learning rate ``lr``; :class:`NonFiniteError` (naming the last good
+    checkpoint) instead of an optimiser step on a non-finite loss or gradient."""
+    step_fn.set_learning_rate(lr)
+    result = step_fn(batches, stop_requested=stop.received is not None)
+    if result.non_finite:
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {step} (epoch {step // steps_per_epoch}); "
+            f"stopped before the optimiser step. Last good checkpoint: "
+            f"{newest_name(output_dir)}")
+    return result
+
+
+def _evaluate(evaluation: Evaluation, metrics: MetricsLog | None, step: int) -> None:
+    """Run ``evaluation`` (every rank), rank 0 records its results."""
+    results = evaluation(step)
+    if metrics is not None:
+        metrics.evaluation(step, results)
 
 
 def _epochs(loader: DataLoader, sampler: ResumableSampler, step: int,
