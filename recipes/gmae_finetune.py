@@ -15,7 +15,8 @@ bf16 autocast; RandAugment ``rand-m9-mstd0.5-inc1`` after RandomResizedCrop + fl
 erasing 0.25, Mixup 0.8 / CutMix 1.0 with label smoothing 0.1 (timm's ``create_transform``,
 ``RandomErasing``, ``Mixup``, ``SoftTargetCrossEntropy``); ``--model-ema`` keeps timm's
 ``ModelEmaV3`` of the weights and evaluates it too. val/ in centre crops after every epoch; the
-last line is the final epoch's ``top1=XX.XX top5=YY.YY``, also in ``metrics.jsonl``.
+last line is the final epoch's ``top1=XX.XX top5=YY.YY`` (the line before it the best epoch's),
+also in ``metrics.jsonl``.
 Interrupted runs continue exactly with ``--resume auto``.
 """
 

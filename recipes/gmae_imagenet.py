@@ -27,7 +27,7 @@ from splathead_recipes.data import Batch, build_dataset, build_loader
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.loop import Evaluation, StepHook, fit, run_recipe, seed_everything
 from splathead_recipes.models import build_model
-from splathead_recipes.optim import build_optimizer, learning_rate
+from splathead_recipes.optim import build_optimizer, learning_rate, per_epoch_learning_rate
 from splathead_recipes.pretrain_eval import (
     FixedMaskEvaluation, OnlineProbeTraining, split_eval_data)
 from splathead_recipes.train_step import AUTOCAST_DTYPES, StepResult
@@ -137,8 +137,10 @@ def train(config: Config, runtime: Runtime) -> int:
             num_workers=min(config.num_workers, 2), seed=config.seed, autocast=autocast),
             runtime, finals)
 
+    lr_at = learning_rate if config.lr_schedule == "per-step" else per_epoch_learning_rate
+
     def schedule(step: int) -> float:
-        return learning_rate(step, config=config, steps_per_epoch=sampler.steps_per_epoch)
+        return lr_at(step, config=config, steps_per_epoch=sampler.steps_per_epoch)
 
     status = fit(config, runtime, model=model, optimizer=optimizer,
                  forward=probes.collecting(gmae_loss) if probes else gmae_loss,

@@ -7,8 +7,10 @@
 
 The encoder (``--checkpoint``: a pretraining checkpoint, an exported encoder or ``none``) stays
 frozen; only the head learns: BatchNorm1d without affine parameters + Linear (weights
-N(0, 0.01)), on the mean of the last block's patch tokens with a fresh LayerNorm
-(``--global-pool avg``) or the cls token after the final norm (``token``, MAE's ViT-B probe). ``--preset paper``: timm's LARS (momentum 0.9, trust ratio on the weight matrix),
+N(0, 0.01)), on the mean of the patch tokens after the pretrained final norm (``--global-pool
+avg_after_norm``, the GMAE authors', the paper preset's), the cls token after the final norm
+(``token``, MAE's ViT-B probe) or the mean with a fresh LayerNorm (``avg``). ``--preset paper``:
+timm's LARS (momentum 0.9, trust ratio on the weight matrix),
 batch 16384 (``--accum-steps`` makes any world size reach it), blr 0.1 (lr = blr x batch / 256),
 no weight decay, 90 epochs with 10 of warmup then cosine, RandomResizedCrop + flip; val/ in centre
 crops after every epoch; ``--gpu-decode`` decodes the training JPEGs on the GPU (nvJPEG), the
@@ -52,7 +54,7 @@ class LinprobeConfig(ClassifyConfig):
 
 PRESETS: dict[str, LinprobeConfig] = {
     "paper": LinprobeConfig(
-        model=None, img_size=224, global_pool="avg", batch_size=16384, blr=0.1,
+        model=None, img_size=224, global_pool="avg_after_norm", batch_size=16384, blr=0.1,
         weight_decay=0.0, warmup_epochs=10.0, epochs=90, clip_grad=0.0, precision="bf16",
         output_dir="runs/linprobe", eval_every=1, num_workers=10),
     # The shapes task (4 classes, 2000 + 400 images of 64 px) at 32 px on the tiny GMAE encoder.

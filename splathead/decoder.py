@@ -17,7 +17,7 @@ from torch import nn
 
 from splathead.camera import Camera, Footprint
 from splathead.gaussians import Gaussians
-from splathead.head import GaussianHead, Rotation
+from splathead.head import GaussianHead, HeadInit, Rotation
 from splathead.initialization import init_like_mae
 from splathead.masking import PatchMask
 from splathead.patches import as_pair, patch_grid
@@ -169,6 +169,8 @@ class DecoderSettings:
         backend: render backend, "auto" (gsplat on CUDA when installed), "torch" or "gsplat".
         footprint: the camera's footprints (:meth:`Camera.gmae`): "ortho", independent of depth,
             or "authors", sized by depth as in the GMAE authors' renderer (torch backend only).
+        head_init: the head's initial weight, see :class:`GaussianHead`: "xavier" (MAE's
+            decoder) or "torch" (PyTorch's default, the GMAE authors').
     """
 
     dim: int = 512
@@ -184,6 +186,7 @@ class DecoderSettings:
     background: float | tuple[float, ...] = 1.0
     backend: BackendName = "auto"
     footprint: Footprint = "ortho"
+    head_init: HeadInit = "xavier"
 
     def __post_init__(self) -> None:
         # Whole numbers stand for floats, a background sequence or tensor becomes plain floats;
@@ -288,6 +291,7 @@ class GMAEDecoder(nn.Module):
             center_range=settings.center_range,
             rotation=settings.rotation,
             gaussians_per_token=settings.gaussians_per_token,
+            init=settings.head_init,
         )
         self.renderer = SplatRenderer(
             Camera.gmae(height, width, footprint=settings.footprint),

@@ -14,6 +14,7 @@ from splathead.gaussians import Gaussians
 from splathead.typing import Float, Tensor, typecheck
 
 Rotation = Literal["shoemake", "quaternion"]
+HeadInit = Literal["xavier", "torch"]
 
 
 @typecheck
@@ -64,10 +65,11 @@ class GaussianHead(nn.Module):
 
     The projection and the activations run in at least float32, also under autocast or for
     bf16 tokens, so the Gaussians are float32 (float64 for float64 tokens); the small
-    projection costs nothing next to the decoder. The weight starts xavier-uniform, as every
-    Linear of MAE's decoder (its pixel predictor included) does; with ``m > 1`` each Gaussian's
-    ``11 + num_channels`` rows are drawn as the ``m = 1`` head's are, so every Gaussian starts
-    with the paper's distribution.
+    projection costs nothing next to the decoder. With ``init="xavier"`` the weight starts
+    xavier-uniform, as every Linear of MAE's decoder (its pixel predictor included) does; with
+    ``m > 1`` each Gaussian's ``11 + num_channels`` rows are drawn as the ``m = 1`` head's are.
+    ``init="torch"`` keeps ``nn.Linear``'s own init (uniform within ``1 / sqrt(in_dim)``, the
+    same for any ``m``), as the GMAE authors' head has it (built after MAE's initialisation).
 
     Args:
         in_dim: width ``d`` of the input tokens.
@@ -76,6 +78,7 @@ class GaussianHead(nn.Module):
         center_range: half-width of the centre box, scene units.
         rotation: ``"shoemake"`` or ``"quaternion"``.
         gaussians_per_token: Gaussians ``m`` per token (the paper: 1).
+        init: ``"xavier"`` or ``"torch"`` (PyTorch's default Linear init, the authors').
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class GaussianHead(nn.Module):
         center_range: float = 1.0,
         rotation: Rotation = "shoemake",
         gaussians_per_token: int = 1,
+        init: HeadInit = "xavier",
     ) -> None:
         super().__init__()
         if in_dim < 1 or num_channels < 1 or gaussians_per_token < 1:
@@ -102,6 +106,8 @@ class GaussianHead(nn.Module):
             )
         if rotation not in ("shoemake", "quaternion"):
             raise ValueError(f"rotation must be 'shoemake' or 'quaternion', got {rotation!r}")
+        if init not in ("xavier", "torch"):
+            raise ValueError(f"init must be 'xavier' or 'torch', got {init!r}")
         self.in_dim = in_dim
         self.num_channels = num_channels
         self.max_scale = max_scale
@@ -109,9 +115,10 @@ class GaussianHead(nn.Module):
         self.rotation = rotation
         self.gaussians_per_token = gaussians_per_token
         self.proj = nn.Linear(in_dim, gaussians_per_token * (11 + num_channels), bias=False)
-        with torch.no_grad():
-            for rows in self.proj.weight.split(11 + num_channels):
-                nn.init.xavier_uniform_(rows)
+        if init == "xavier":
+            with torch.no_grad():
+                for rows in self.proj.weight.split(11 + num_channels):
+                    nn.init.xavier_uniform_(rows)
 
     @typecheck
     def forward(self, tokens: Float[Tensor, "b n d"]) -> Gaussians:

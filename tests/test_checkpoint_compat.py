@@ -47,7 +47,11 @@ def test_old_stored_configs_read_back_unchanged(recipe, config_type):
 
 
 # Settings added after the recorded layout, at the defaults that keep the old runs' behaviour.
-FIELDS_ADDED_SINCE = {"pretraining": {"footprint": "ortho"}, "linprobe": {}}
+FIELDS_ADDED_SINCE = {
+    "pretraining": {"footprint": "ortho", "head_init": "xavier", "decay_groups": "timm",
+                    "lr_schedule": "per-step"},
+    "linprobe": {},
+}
 
 
 def test_the_pretraining_model_keeps_the_old_state_dict_layout():

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from splathead import gmae_vit_tiny
+from splathead.head import GaussianHead
 from splathead_recipes.config import (
     PRESETS, Config, ConfigError, load_config, parse_config, validate)
 from splathead_recipes.models import build_model
-from splathead_recipes.optim import learning_rate, param_groups
+from splathead_recipes.optim import learning_rate, param_groups, per_epoch_learning_rate
 
 
 def check(config: Config, world_size: int = 1, *, cuda: bool = False) -> None:
@@ -162,3 +163,44 @@ def test_footprint_flag_reaches_the_models_camera():
     config = dataclasses.replace(PRESETS["demo"], footprint="authors")
     assert build_model(config).decoder.camera.footprint_depth == 8.0
     assert build_model(PRESETS["demo"]).decoder.camera.footprint_depth is None
+
+
+def test_paper_preset_takes_the_authors_head_init_decay_groups_and_schedule():
+    paper = PRESETS["paper"]
+    assert (paper.head_init, paper.decay_groups, paper.lr_schedule) == ("torch", "mae", "per-epoch")
+
+
+def test_per_epoch_schedule_starts_at_a_fifth_and_ends_at_min_lr_in_the_last_epoch():
+    config = dataclasses.replace(PRESETS["paper"], epochs=400, warmup_epochs=5)
+    peak, steps = config.learning_rate, 7
+    lr = [per_epoch_learning_rate(step, config=config, steps_per_epoch=steps)
+          for step in range(400 * steps)]
+    assert all(len(set(lr[e * steps:(e + 1) * steps])) == 1 for e in range(400))
+    assert [lr[e * steps] for e in range(5)] == pytest.approx([peak * k / 5 for k in (1, 2, 3, 4, 5)])
+    assert lr[5 * steps] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi / 395)))
+    assert lr[-1] == pytest.approx(0.0, abs=1e-12) and lr[-steps - 1] > 0
+
+
+def test_mae_decay_groups_decay_the_tokens_and_embeddings_timm_leaves_out():
+    model = gmae_vit_tiny(img_size=32, num_queries=8)
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed = {split: {names[id(p)] for p in param_groups(model, 0.05, split=split)[0]["params"]}
+               for split in ("timm", "mae")}
+    tokens = {name for name, p in model.named_parameters()
+              if p.requires_grad and p.ndim > 1 and name.endswith(("token", "_embed"))}
+    assert tokens and decayed["mae"] == decayed["timm"] | tokens
+    assert not tokens & decayed["timm"]
+    undecayed = {names[id(p)] for p in param_groups(model, 0.05, split="mae")[1]["params"]}
+    assert all(model.get_parameter(name).ndim <= 1 for name in undecayed)
+
+
+def test_torch_head_init_is_nn_linears_own():
+    torch.manual_seed(3)
+    head = GaussianHead(64, init="torch")
+    torch.manual_seed(3)
+    linear = nn.Linear(64, 14, bias=False)
+    assert torch.equal(head.proj.weight, linear.weight)
+    torch.manual_seed(3)
+    assert not torch.equal(GaussianHead(64).proj.weight, linear.weight)
+    config = dataclasses.replace(PRESETS["demo"], head_init="torch")
+    assert build_model(config).decoder.settings.head_init == "torch"

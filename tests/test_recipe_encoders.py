@@ -102,3 +102,19 @@ def test_token_pool_keeps_the_final_norm():
         attach_head(vit, num_classes=3, global_pool="token")
         torch.testing.assert_close(vit.forward_head(vit.forward_features(images),
                                                     pre_logits=True), cls)
+
+
+def test_avg_after_norm_pools_the_patch_tokens_after_the_pretrained_final_norm():
+    """The GMAE authors' probe: the mean of the patch tokens (cls left out) after the encoder's
+    own final norm, no fresh LayerNorm."""
+    torch.manual_seed(0)
+    vit = load_encoder("none", **TINY)
+    with torch.no_grad():
+        vit.norm.weight.mul_(3)  # a trained final norm, which this pooling keeps
+        images = torch.randn(2, 3, 32, 32)
+        blocks = vit.blocks(vit._pos_embed(vit.patch_embed(images)))
+        pooled = vit.norm(blocks)[:, 1:].mean(dim=1)
+        attach_head(vit, num_classes=4, global_pool="avg_after_norm")
+        torch.testing.assert_close(vit.forward_head(vit.forward_features(images),
+                                                    pre_logits=True), pooled)
+    assert vit.head.out_features == 4

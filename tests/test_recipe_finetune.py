@@ -24,7 +24,7 @@ def test_fine_tune_of_a_pretraining_checkpoint_trains_everything_and_prints_the_
                  "--model-ema", "--model-ema-warmup")
     args.remove("--model"), args.remove("gmae_vit_tiny")  # the checkpoint's
     assert recipe.main(args) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    *_, before_last, last = capsys.readouterr().out.strip().splitlines()
     assert LINE.fullmatch(last), last
     result = records(output)[-1]
     assert result["event"] == "result" and result["line"] == last
@@ -32,6 +32,11 @@ def test_fine_tune_of_a_pretraining_checkpoint_trains_everything_and_prints_the_
     assert [record["step"] for record in evals] == [2, 4]  # 16 images, batch 8: 2 steps/epoch
     assert (result["step"], result["top1"], result["top5"]) == (
         4, evals[-1]["top1"], evals[-1]["top5"])
+    best = max(evals, key=lambda record: record["top1"])  # the first of equals, as TopKEvaluation
+    assert (result["best_step"], result["best_top1"], result["best_top5"]) == (
+        best["step"], best["top1"], best["top5"])
+    assert before_last == (f"best epoch (step {best['step']}): top1={best['top1']:.2f} "
+                           f"top5={best['top5']:.2f}; final epoch:")
     assert all(0 <= record["ema_top1"] <= 100 for record in evals)
     state = newest(output)
     encoder = {name.removeprefix("encoder.vit."): tensor

@@ -38,7 +38,7 @@ from splathead_recipes.crops import CentreCrop
 from splathead_recipes.data import (
     Batch, Crop, SafeImageFolder, build_loader, collate, stop_workers, train_crop)
 from splathead_recipes.distributed import Runtime
-from splathead_recipes.encoders import known_model
+from splathead_recipes.encoders import GlobalPool, known_model
 from splathead_recipes.eval_step import evaluate
 from splathead_recipes.checkpoint import Stateful
 from splathead_recipes.loop import StepHook, fit
@@ -61,10 +61,11 @@ class ClassifyConfig(RunConfig):
                              "export_timm *.safetensors, or none (random init of --model)")
     model: str | None = option(None, "architecture: a splathead factory (gmae_vit_base_patch16, "
                                "...) or a timm model name; none: the pretraining checkpoint's")
-    global_pool: Literal["avg", "token"] = option("avg", "avg: mean of the patch tokens, then a "
-                                                  "fresh LayerNorm (MAE's fine-tuning); token: "
-                                                  "the cls token after the final norm (MAE's "
-                                                  "ViT-B linear probe)")
+    global_pool: GlobalPool = option("avg", "avg: mean of the patch tokens, then a fresh "
+                                     "LayerNorm (MAE's fine-tuning); token: the cls token after "
+                                     "the final norm (MAE's ViT-B linear probe); avg_after_norm: "
+                                     "mean of the patch tokens after the pretrained final norm "
+                                     "(the GMAE authors')")
 
     # Data.
     data_path: str | None = option(None, "ImageFolder root holding train/<class>/ and "
@@ -286,15 +287,25 @@ def fit_classifier(config: ClassifyConfig, runtime: Runtime, *, model: nn.Module
             stop_workers(scored.loader)
     results = (evaluation.best or evaluation.last) if report == "best" else evaluation.last
     if runtime.is_main and results:
-        write_result(Path(config.output_dir), results, report)
+        best = evaluation.best if report == "final" else None
+        write_result(Path(config.output_dir), results, report, best=best)
     return status
 
 
-def write_result(output_dir: Path, results: dict[str, float], report: str) -> None:
-    """Append ``{"event": "result", ...}`` to ``metrics.jsonl`` and print the last line."""
+def write_result(output_dir: Path, results: dict[str, float], report: str, *,
+                 best: dict[str, float] | None = None) -> None:
+    """Append ``{"event": "result", ...}`` to ``metrics.jsonl`` and print the last line; with
+    ``best`` (a final report), also the best epoch's numbers (MAE's fine-tune prints those as
+    its "max accuracy"): in the record as ``best_step``, ``best_top1``, ``best_top5`` and
+    printed on the line before."""
     line = f"top1={results['top1']:.2f} top5={results['top5']:.2f}"
     record = {"event": "result", "step": results["step"], "top1": results["top1"],
               "top5": results["top5"], "report": report, "line": line}
+    if best:
+        record.update(best_step=best["step"], best_top1=best["top1"], best_top5=best["top5"])
     with open(output_dir / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps(record) + "\n")
+    if best:
+        print(f"best epoch (step {best['step']}): top1={best['top1']:.2f} "
+              f"top5={best['top5']:.2f}; final epoch:", flush=True)
     print(line, flush=True)

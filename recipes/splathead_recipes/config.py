@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from splathead.camera import Footprint
 from splathead.factories import ENCODERS
+from splathead.head import HeadInit
 from splathead.render.renderer import BackendName
 
 from splathead_recipes.cli import (
@@ -29,7 +30,8 @@ MODEL_NAMES = tuple(ENCODERS)
 class Config(RunConfig):
     """Every setting of a pretraining run: :class:`RunConfig`'s and the GMAE's, the dataset's,
     the AdamW betas, the online probes' and the image grids'. Defaults are the GMAE paper's
-    ViT-B/16 pretraining."""
+    ViT-B/16 pretraining; ``PRESETS["paper"]`` also takes the authors' head init, weight-decay
+    groups and per-epoch schedule (defaults kept as before, so older runs resume unchanged)."""
 
     # Model.
     model: str = option("gmae_vit_base_patch16", f"one of {', '.join(MODEL_NAMES)}")
@@ -42,6 +44,9 @@ class Config(RunConfig):
     footprint: Footprint = option("ortho", "Gaussian footprints: ortho (independent of depth) or "
                                   "authors (sized by depth 8 / (8 + z) as in the GMAE authors' "
                                   "renderer; torch backend only)")
+    head_init: HeadInit = option("xavier", "the Gaussian head's initial weight: xavier (MAE's "
+                                 "decoder) or torch (PyTorch's default Linear init, the GMAE "
+                                 "authors')")
 
     # Data.
     data_path: str | None = option(None, "ImageNet root holding train/ (dataset imagefolder)")
@@ -57,6 +62,13 @@ class Config(RunConfig):
 
     # Optimisation.
     betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas")
+    decay_groups: Literal["timm", "mae"] = option(
+        "timm", "undecayed parameters: timm (biases, 1-D parameters and the model's "
+        "no_weight_decay() tokens and embeddings) or mae (biases and 1-D parameters only, as "
+        "MAE's and the GMAE authors' pretraining)")
+    lr_schedule: Literal["per-step", "per-epoch"] = option(
+        "per-step", "per-step: warmup from 0, cosine per step (MAE); per-epoch: the GMAE "
+        "authors', constant within an epoch, epoch e of the warmup at (e + 1) / warmup-epochs")
 
     # Evaluation (docs/evaluation.md).
     probes: bool = option(True, "online linear probes on every encoder block (labelled "
@@ -70,7 +82,9 @@ class Config(RunConfig):
 
 
 PRESETS: dict[str, Config] = {
-    "paper": Config(),
+    # The authors' code where it differs from MAE's and the difference can change results
+    # (docs/pretraining.md, "Paper settings").
+    "paper": Config(head_init="torch", decay_groups="mae", lr_schedule="per-epoch"),
     # A tiny ViT on scikit-image's photos: a laptop CPU runs it in under 3 minutes.
     "demo": Config(
         # 32 px in 4 px patches: the 64 Gaussians cover 16 pixels each (at 64 px, 64 and the

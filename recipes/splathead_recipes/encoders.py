@@ -36,6 +36,8 @@ from splathead_recipes.config import load_config
 log = logging.getLogger("gmae")
 
 _ENCODER_PREFIX = "encoder.vit."
+GlobalPool = Literal["avg", "token", "avg_after_norm"]
+"""The classifier's features, see :func:`attach_head`."""
 
 
 def known_model(name: str) -> bool:
@@ -155,13 +157,15 @@ def _load_weights(vit: VisionTransformer, weights: dict, path: Path, settings: s
 
 
 def attach_head(vit: VisionTransformer, *, num_classes: int,
-                global_pool: Literal["avg", "token"]) -> VisionTransformer:
+                global_pool: GlobalPool) -> VisionTransformer:
     """Give ``vit`` a ``Linear(embed_dim, num_classes)`` head (timm's ``reset_classifier``).
 
     ``"avg"`` is MAE's global pooling for fine-tuning: the mean of the patch tokens of the last
     block, then a new LayerNorm (``fc_norm``, weight 1, bias 0): the encoder's final norm is
     dropped, as MAE's evaluation models do. ``"token"``: the cls token after the encoder's final
-    norm (MAE's linear probe of ViT-B). Returns ``vit``, changed in place.
+    norm (MAE's linear probe of ViT-B). ``"avg_after_norm"``: the mean of the patch tokens after
+    the encoder's own final norm, no fresh LayerNorm (the GMAE authors' probe and fine-tune).
+    Returns ``vit``, changed in place.
     """
     if global_pool == "token" and not vit.has_class_token:
         raise ConfigError("--global-pool token needs a cls token; this encoder has none")
@@ -170,5 +174,5 @@ def attach_head(vit: VisionTransformer, *, num_classes: int,
         if hasattr(fresh, "reset_parameters"):
             fresh.reset_parameters()
         vit.fc_norm, vit.norm = fresh, nn.Identity()
-    vit.reset_classifier(num_classes, global_pool)
+    vit.reset_classifier(num_classes, "avg" if global_pool == "avg_after_norm" else global_pool)
     return vit
