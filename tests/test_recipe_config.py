@@ -90,6 +90,8 @@ def test_demo_preset_is_valid_on_cpu():
         ({"backend": "nccl", "precision": "fp32", "dataset": "synthetic"}, 1, False,
          "nccl needs CUDA"),
         ({"device": "cuda", "dataset": "synthetic"}, 1, False, "CUDA is not available"),
+        ({"render_backend": "numba", "dataset": "synthetic"}, 1, True,
+         "--render-backend numba renders on the CPU"),
         ({"gaussians_per_token": 0, "dataset": "synthetic"}, 1, True,
          "--gaussians-per-token must be at least 1, got 0"),
         ({"gaussians_per_token": 3, "dataset": "synthetic"}, 1, True,

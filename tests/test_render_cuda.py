@@ -7,7 +7,7 @@ import torch
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.head import shoemake_quaternion
-from splathead.render import SplatRenderer
+from splathead.render import SplatRenderer, numba_available
 
 pytestmark = pytest.mark.cuda
 FIELDS = ("means", "scales", "quats", "colors", "opacities")
@@ -124,5 +124,5 @@ def test_gsplat_backend_renders_half_precision_in_float32():
 
 def test_auto_picks_gsplat_on_cuda():
     renderer = SplatRenderer(Camera.gmae(16, 16))
-    assert renderer.backend == "torch"
+    assert renderer.backend == ("numba" if numba_available() else "torch")
     assert renderer.cuda().backend == "gsplat"

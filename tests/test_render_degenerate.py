@@ -13,13 +13,16 @@ from hypothesis import strategies as st
 
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
-from splathead.render import ReferenceBackend, SplatRenderer
+from splathead.render import ReferenceBackend, SplatRenderer, numba_available
 from splathead.render.projection import ALPHA_THRESHOLD
 
 FIELDS = ("means", "scales", "quats", "colors", "opacities")
 # The guarantee lives in SplatRenderer, so it holds for any backend: the built-in ones and the
 # dense definition behind the RenderBackend protocol, as a user's own backend would be.
-BACKENDS = ["torch", "reference", pytest.param("gsplat", marks=pytest.mark.cuda)]
+BACKENDS = [
+    "torch", "reference", pytest.param("gsplat", marks=pytest.mark.cuda),
+    pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="no numba")),
+]
 DEGENERATE = (
     "no gaussians", "all below 1/255", "all off-screen", "all behind the near plane",
     "all beyond the far plane",

@@ -8,7 +8,7 @@ from jaxtyping import TypeCheckError
 
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
-from splathead.render import RenderOutput, SplatRenderer
+from splathead.render import NumbaBackend, RenderOutput, SplatRenderer, numba_available
 from splathead.render.gsplat_backend import gsplat_available
 
 FIELDS = ("means", "scales", "quats", "colors", "opacities")
@@ -103,7 +103,7 @@ def test_bad_default_background_is_rejected_at_construction(background):
 
 
 def test_unknown_backend_is_rejected_at_construction():
-    with pytest.raises(ValueError, match="backend must be 'auto', 'torch', 'gsplat' or a RenderBackend"):
+    with pytest.raises(ValueError, match="backend must be 'auto', 'torch', 'numba', 'gsplat' or a RenderBackend"):
         SplatRenderer(Camera.gmae(16, 16), backend="cuda")
 
 
@@ -121,15 +121,41 @@ def test_gsplat_backend_needs_cuda_tensors():
         renderer(gaussians())
 
 
-def test_auto_picks_torch_on_cpu_and_logs_the_choice_once(caplog):
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_auto_picks_numba_on_cpu_and_logs_the_choice_once(caplog):
     renderer = SplatRenderer(Camera.gmae(16, 16))
-    assert renderer.backend == "torch"
+    assert renderer.backend == "numba"
     with caplog.at_level(logging.INFO, logger="splathead"):
         renderer(gaussians())
         renderer(gaussians())
     assert [record.getMessage() for record in caplog.records] == [
-        "SplatRenderer: backend 'auto' renders with 'torch'"
+        "SplatRenderer: backend 'auto' renders with 'numba'"
     ]
+
+
+def test_auto_without_numba_falls_back_to_torch_with_the_same_pixels_and_says_why(
+    caplog, monkeypatch
+):
+    scene = gaussians()
+    expected = SplatRenderer(Camera.gmae(16, 16), backend="torch")(scene)
+    monkeypatch.setattr("splathead.render.renderer.numba_available", lambda: False)
+    renderer = SplatRenderer(Camera.gmae(16, 16))
+    assert renderer.backend == "torch"
+    with caplog.at_level(logging.INFO, logger="splathead"):
+        output = renderer(scene)
+    for got, want in zip(output, expected):
+        assert got is None and want is None or torch.equal(got, want)
+    assert [record.getMessage() for record in caplog.records] == [
+        "SplatRenderer: backend 'auto' renders with 'torch' (numba not importable: "
+        'pip install "splathead[cpu]")'
+    ]
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_numba_backend_needs_cpu_tensors():
+    scene, background = gaussians().to("meta"), torch.ones(2, 3, device="meta")
+    with pytest.raises(ValueError, match="renders CPU tensors, but means is on meta"):
+        NumbaBackend().render(scene, Camera.gmae(16, 16), background, render_depth=False)
 
 
 def test_renderer_moves_with_the_module_and_keeps_nothing_in_the_state_dict(renderer):
@@ -140,7 +166,7 @@ def test_renderer_moves_with_the_module_and_keeps_nothing_in_the_state_dict(rend
 
 
 def test_an_object_without_name_and_render_is_rejected_as_backend():
-    with pytest.raises(TypeError, match="backend must be 'auto', 'torch', 'gsplat' or a RenderBackend"):
+    with pytest.raises(TypeError, match="backend must be 'auto', 'torch', 'numba', 'gsplat' or a RenderBackend"):
         SplatRenderer(Camera.gmae(16, 16), backend=object())
 
 

@@ -181,6 +181,8 @@ def _check_placement(config: Config, world_size: int, cuda_available: bool) -> s
     if config.render_backend == "gsplat" and config.footprint == "authors":
         return ("--footprint authors: gsplat cannot render the authors' footprint; use "
                 "--render-backend torch (or auto)")
+    if config.render_backend == "numba" and uses_cuda(config, cuda_available):
+        return "--render-backend numba renders on the CPU; use gsplat or torch (or auto) on CUDA"
     if problem := check_gpu_decode(config.gpu_decode, config, cuda_available):
         return problem
     if config.gpu_decode and config.dataset != "imagefolder":

@@ -14,14 +14,15 @@ from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.render.backend import RenderBackend, RenderOutput
 from splathead.render.gsplat_backend import GsplatBackend, check_gsplat_camera, gsplat_available
+from splathead.render.numba_backend import NumbaBackend, numba_available
 from splathead.render.projection import ALPHA_THRESHOLD
 from splathead.render.torch_backend import TorchBackend
 from splathead.typing import Float, Tensor, typecheck
 
 logger = logging.getLogger("splathead")
 
-BackendName = Literal["auto", "torch", "gsplat"]
-_BUILT_IN = {"torch": TorchBackend, "gsplat": GsplatBackend}
+BackendName = Literal["auto", "torch", "numba", "gsplat"]
+_BUILT_IN = {"torch": TorchBackend, "numba": NumbaBackend, "gsplat": GsplatBackend}
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -52,10 +53,12 @@ class SplatRenderer(nn.Module):
 
     Args:
         camera: the camera every image is rendered with, e.g. ``Camera.gmae(224, 224)``.
-        backend: "torch" (pure PyTorch, any device), "gsplat" (CUDA kernels, float32 CUDA
+        backend: "torch" (pure PyTorch, any device), "numba" (compiled CPU loops, CPU tensors
+            only; ``pip install "splathead[cpu]"``), "gsplat" (CUDA kernels, float32 CUDA
             tensors only; not for the authors' footprint, ``Camera.footprint_depth``), "auto":
             gsplat when the renderer lives on a CUDA device, gsplat is importable and can render
-            the camera, torch otherwise; or any object implementing
+            the camera; numba on the CPU when numba is importable; torch otherwise (the same
+            pixels, slower); or any object implementing
             :class:`~splathead.render.RenderBackend`. The backend's name is ``self.backend``
             and is logged (logger "splathead") the first time it is used.
         background: default background colour: a float for every channel, a sequence of ``c``
@@ -66,7 +69,7 @@ class SplatRenderer(nn.Module):
             about 2-3 ms on one CPU thread for 256 images x 256 Gaussians, against seconds for
             the torch backend's render of them). Shape, device and dtype checks always run.
 
-    Dtypes: float32 and (torch backend only) float64 are rendered as given; float16/bfloat16
+    Dtypes: float32 and (torch and numba backends) float64 are rendered as given; float16/bfloat16
     Gaussians are rendered in float32 with autocast off and the outputs stay float32, like
     autocast's own float32 ops (the image usually feeds an MSE loss).
     """
@@ -86,11 +89,12 @@ class SplatRenderer(nn.Module):
         if isinstance(backend, str):
             if backend not in ("auto", *_BUILT_IN):
                 raise ValueError(
-                    f"backend must be 'auto', 'torch', 'gsplat' or a RenderBackend, got {backend!r}"
+                    "backend must be 'auto', 'torch', 'numba', 'gsplat' or a RenderBackend, got "
+                    f"{backend!r}"
                 )
         elif not isinstance(backend, RenderBackend):
             raise TypeError(
-                "backend must be 'auto', 'torch', 'gsplat' or a RenderBackend (a `name` and "
+                "backend must be 'auto', 'torch', 'numba', 'gsplat' or a RenderBackend (a `name` and "
                 f"`render(gaussians, camera, background, *, render_depth)`), got "
                 f"{type(backend).__name__}"
             )
@@ -107,11 +111,13 @@ class SplatRenderer(nn.Module):
         self.check_inputs = check_inputs
         # Non-persistent: `.to(device)` moves it (and so the renderer), checkpoints don't store it.
         self.register_buffer("background", background, persistent=False)
-        # Built-in backends by name; "gsplat" is built now so that a missing gsplat fails here.
+        # Built-in backends by name; "gsplat" and "numba" are built now so that a missing
+        # library fails here.
         self._built_in: dict[str, RenderBackend] = {}
         if backend == "gsplat":
             check_gsplat_camera(camera)
-            self._built_in["gsplat"] = GsplatBackend()
+        if backend in ("gsplat", "numba"):
+            self._built_in[backend] = _BUILT_IN[backend]()
         self._logged_backend: str | None = None
         self._warned_collapse = False
 
@@ -123,9 +129,11 @@ class SplatRenderer(nn.Module):
             return requested.name
         if requested != "auto":
             return requested
-        on_cuda = self.background.device.type == "cuda"
-        gsplat_renders = self.camera.footprint_depth is None and gsplat_available()
-        return "gsplat" if on_cuda and gsplat_renders else "torch"
+        if self.background.device.type == "cuda":
+            gsplat_renders = self.camera.footprint_depth is None and gsplat_available()
+            return "gsplat" if gsplat_renders else "torch"
+        on_cpu = self.background.device.type == "cpu"
+        return "numba" if on_cpu and numba_available() else "torch"
 
     def extra_repr(self) -> str:
         camera = self.camera
@@ -208,7 +216,14 @@ class SplatRenderer(nn.Module):
         """The backend object for this call; logs the choice when it changes."""
         name = self.backend
         if self._logged_backend != name:
-            logger.info("SplatRenderer: backend %r renders with %r", self.requested_backend, name)
+            # On a CPU "auto" says why it did not pick the compiled backend.
+            on_cpu = self.background.device.type == "cpu"
+            why = " (numba not importable: pip install \"splathead[cpu]\")"
+            fallback = self.requested_backend == "auto" and on_cpu and name == "torch"
+            logger.info(
+                "SplatRenderer: backend %r renders with %r%s", self.requested_backend, name,
+                why if fallback else "",
+            )
             self._logged_backend = name
         if not isinstance(self.requested_backend, str):
             return self.requested_backend

@@ -1,0 +1,305 @@
+"""Compiled CPU loops of the numba backend: tile binning, compositing and its backward pass.
+
+Importing this module needs numba (``pip install "splathead[cpu]"``); :mod:`splathead.render.numba_backend`
+wraps it. Every loop runs in the inputs' precision (float32 or float64: the constants come in an
+array of that dtype, so no float64 literal widens float32 arithmetic) and is compiled once per
+dtype, then cached on disk (``cache=True``: later processes load it in well under a second).
+
+The Gaussians arrive unsorted with ``order``, each image's indices front to back. The image is
+cut into ``tile_size``-square tiles; each tile lists, in depth order, the Gaussians whose box
+touches it (gsplat's rule, as :mod:`splathead.render.tiles`). Tiles of all images run in
+parallel (``prange``). Within a tile the loop runs over its Gaussians in depth order and, for
+each, over the pixels of the tile inside the Gaussian's box widened by one pixel (the box holds
+every pixel where ``alpha >= 1/255``, :mod:`splathead.render.projection`), carrying each pixel's
+transmittance; a pixel that stops is marked and skipped from then on. This visits every pair
+the definition draws in the definition's order, so the result is that of
+:mod:`splathead.render.reference`.
+
+The backward pass walks each tile's list back to front and recovers the transmittance in front
+of each Gaussian by dividing by ``1 - alpha`` (as gsplat's kernels do). A Gaussian's gradient is
+summed over its pixels of the tile into one row per (tile, Gaussian) pair, and the rows are
+added up per image afterwards, so no two threads write to the same place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numba
+from numba import njit, prange
+
+# Positions in the `constants` array every kernel takes (built by `constants_like`).
+_HALF, _ALPHA_THRESHOLD, _MAX_ALPHA, _MIN_TRANSMITTANCE, _MIN_NEG_SIGMA, _ONE, _ZERO = range(7)
+GRADIENT_COLUMNS = 6
+"""Per (tile, Gaussian) gradient row: mean x, mean y, conic a, b, c, opacity, then features."""
+_CUTOFF_MARGIN = 1e-3
+"""``-sigma`` this far below ``log(threshold / opacity)`` gives ``alpha < 1/255`` whatever
+the rounding of ``exp``; only pairs within it are decided by computing ``exp``."""
+
+
+def constants_like(
+    dtype: np.dtype,
+    *,
+    alpha_threshold: float,
+    max_alpha: float,
+    min_transmittance: float,
+    max_sigma: float,
+) -> np.ndarray:
+    """The rules' constants in ``dtype``, in the order the kernels read them."""
+    values = [0.5, alpha_threshold, max_alpha, min_transmittance, -max_sigma, 1.0, 0.0]
+    return np.array(values, dtype=dtype)
+
+
+def set_num_threads(threads: int) -> None:
+    """Run the parallel loops on ``threads`` threads (at most numba's pool size)."""
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+@njit(cache=True, error_model="numpy")
+def _tile_span(mean: float, radius: float, tile_size: int, num_tiles: int) -> tuple[int, int]:
+    """Tiles ``[first, last)`` along one axis touched by the box ``mean +- radius`` (gsplat's
+    ``floor((m - r) / s) <= tile < ceil((m + r) / s)``), clamped to ``[0, num_tiles]``; a
+    non-finite mean touches none."""
+    first = np.floor((mean - radius) / tile_size)
+    last = np.ceil((mean + radius) / tile_size)
+    if not first >= 0.0:  # also NaN
+        first = 0.0
+    if not last >= 0.0:
+        last = 0.0
+    return int(min(first, num_tiles)), int(min(last, num_tiles))
+
+
+@njit(cache=True, error_model="numpy")
+def _pixel_span(mean: float, radius: float, start: int, stop: int) -> tuple[int, int]:
+    """Pixels ``[first, last)`` of ``[start, stop)`` within the box ``mean +- radius`` widened
+    by one pixel."""
+    first = np.floor(mean - radius) - 1.0
+    last = np.ceil(mean + radius) + 1.0
+    if not first >= start:
+        first = start
+    if not last <= stop:
+        last = stop
+    if not last >= first:
+        last = first
+    return int(first), int(last)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def bin_into_tiles(
+    means2d: np.ndarray,
+    radii: np.ndarray,
+    order: np.ndarray,
+    tile_size: int,
+    tiles_x: int,
+    tiles_y: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per flat tile ``image * tiles + tile``, the Gaussians touching it in depth order.
+
+    Returns ``starts [b*tiles + 1]`` and ``ids``: tile ``j`` lists ``ids[starts[j]:starts[j+1]]``
+    (indices into the image's unsorted Gaussians). Culled Gaussians (a radius 0) touch nothing.
+    """
+    b, n = order.shape
+    tiles = tiles_x * tiles_y
+    counts = np.zeros(b * tiles, dtype=np.int64)
+    for image in prange(b):
+        for rank in range(n):
+            g = order[image, rank]
+            rx, ry = radii[image, g, 0], radii[image, g, 1]
+            if rx <= 0 or ry <= 0:
+                continue
+            x0, x1 = _tile_span(means2d[image, g, 0], rx, tile_size, tiles_x)
+            y0, y1 = _tile_span(means2d[image, g, 1], ry, tile_size, tiles_y)
+            for tile_y in range(y0, y1):
+                for tile_x in range(x0, x1):
+                    counts[image * tiles + tile_y * tiles_x + tile_x] += 1
+    starts = np.zeros(b * tiles + 1, dtype=np.int64)
+    starts[1:] = np.cumsum(counts)
+    ids = np.empty(starts[-1], dtype=np.int64)
+    for image in prange(b):
+        cursor = starts[image * tiles : (image + 1) * tiles].copy()
+        for rank in range(n):
+            g = order[image, rank]
+            rx, ry = radii[image, g, 0], radii[image, g, 1]
+            if rx <= 0 or ry <= 0:
+                continue
+            x0, x1 = _tile_span(means2d[image, g, 0], rx, tile_size, tiles_x)
+            y0, y1 = _tile_span(means2d[image, g, 1], ry, tile_size, tiles_y)
+            for tile_y in range(y0, y1):
+                for tile_x in range(x0, x1):
+                    tile = tile_y * tiles_x + tile_x
+                    ids[cursor[tile]] = g
+                    cursor[tile] += 1
+    return starts, ids
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def composite_forward(
+    means2d: np.ndarray,
+    conics: np.ndarray,
+    opacities: np.ndarray,
+    features: np.ndarray,
+    radii: np.ndarray,
+    starts: np.ndarray,
+    ids: np.ndarray,
+    tile_size: int,
+    tiles_x: int,
+    centres: np.ndarray,
+    constants: np.ndarray,
+    summed: np.ndarray,
+    final: np.ndarray,
+    stop: np.ndarray,
+) -> None:
+    """Composite every tile into ``summed [b f h w]`` (zeros on entry; ``sum alpha T f``),
+    ``final [b h w]`` (``T_final``) and ``stop [b h w]`` (the list position a pixel stopped
+    before, or its tile's list end)."""
+    b, num_features = means2d.shape[0], features.shape[2]
+    height, width = final.shape[1], final.shape[2]
+    tiles = (starts.shape[0] - 1) // b
+    half, threshold = constants[_HALF], constants[_ALPHA_THRESHOLD]
+    max_alpha, min_transmittance = constants[_MAX_ALPHA], constants[_MIN_TRANSMITTANCE]
+    min_neg_sigma, one = constants[_MIN_NEG_SIGMA], constants[_ONE]
+    zero = constants[_ZERO]
+    for job in prange(b * tiles):
+        image, tile = job // tiles, job % tiles
+        x0, y0 = (tile % tiles_x) * tile_size, (tile // tiles_x) * tile_size
+        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+        end = starts[job + 1]
+        transmittance = np.full((y1 - y0, x1 - x0), one)
+        stopped = np.zeros((y1 - y0, x1 - x0), dtype=np.bool_)
+        stop[image, y0:y1, x0:x1] = end
+        for position in range(starts[job], end):
+            g = ids[position]
+            mean_x, mean_y = means2d[image, g, 0], means2d[image, g, 1]
+            a, b_, c = conics[image, g, 0], conics[image, g, 1], conics[image, g, 2]
+            opacity = opacities[image, g]
+            cutoff = math.log(threshold / opacity) - _CUTOFF_MARGIN
+            px0, px1 = _pixel_span(mean_x, radii[image, g, 0], x0, x1)
+            py0, py1 = _pixel_span(mean_y, radii[image, g, 1], y0, y1)
+            for row in range(py0, py1):
+                dy = mean_y - centres[row]
+                for column in range(px0, px1):
+                    if stopped[row - y0, column - x0]:
+                        continue
+                    dx = mean_x - centres[column]
+                    neg_sigma = -half * a * dx * dx - half * c * dy * dy - b_ * dx * dy
+                    if neg_sigma > zero or neg_sigma < cutoff:
+                        continue
+                    peak = opacity * math.exp(max(neg_sigma, min_neg_sigma))
+                    if peak < threshold:
+                        continue
+                    alpha = min(peak, max_alpha)
+                    in_front = transmittance[row - y0, column - x0]
+                    after = in_front * (one - alpha)
+                    if after <= min_transmittance:
+                        stopped[row - y0, column - x0] = True
+                        stop[image, row, column] = position
+                        continue
+                    weight = alpha * in_front
+                    for f in range(num_features):
+                        summed[image, f, row, column] += weight * features[image, g, f]
+                    transmittance[row - y0, column - x0] = after
+        final[image, y0:y1, x0:x1] = transmittance
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def composite_backward(
+    means2d: np.ndarray,
+    conics: np.ndarray,
+    opacities: np.ndarray,
+    features: np.ndarray,
+    radii: np.ndarray,
+    starts: np.ndarray,
+    ids: np.ndarray,
+    tile_size: int,
+    tiles_x: int,
+    centres: np.ndarray,
+    constants: np.ndarray,
+    final: np.ndarray,
+    stop: np.ndarray,
+    grad_summed: np.ndarray,
+    grad_final: np.ndarray,
+) -> np.ndarray:
+    """Gradients ``[b n 6+f]`` (means2d x, y, conic a, b, c, opacity, features) of the
+    loss whose gradients in ``summed`` and ``final`` are ``grad_summed``, ``grad_final``.
+
+    With ``G`` the pixel's ``grad_summed``, ``g_k = G . f_k`` and ``w_k = alpha_k T_k``, a drawn
+    Gaussian whose alpha is not clamped at 0.999 gets
+    ``dL/dalpha_k = g_k T_k - (sum_{j > k} g_j w_j + g_T T_final) / (1 - alpha_k)``
+    (:class:`splathead.render.composite._Composite` derives it), then ``dL/do = dL/dalpha
+    exp(-sigma)`` and ``dL/d(-sigma) = dL/dalpha alpha`` through the quadratic form.
+    """
+    b, n, num_features = features.shape
+    height, width = final.shape[1], final.shape[2]
+    tiles = (starts.shape[0] - 1) // b
+    half, threshold = constants[_HALF], constants[_ALPHA_THRESHOLD]
+    max_alpha, min_neg_sigma = constants[_MAX_ALPHA], constants[_MIN_NEG_SIGMA]
+    one, zero = constants[_ONE], constants[_ZERO]
+    columns = GRADIENT_COLUMNS + num_features
+    per_pair = np.zeros((starts[-1], columns), dtype=features.dtype)
+    for job in prange(b * tiles):
+        image, tile = job // tiles, job % tiles
+        x0, y0 = (tile % tiles_x) * tile_size, (tile // tiles_x) * tile_size
+        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+        start, end = starts[job], starts[job + 1]
+        if start == end:
+            continue
+        transmittance = final[image, y0:y1, x0:x1].copy()
+        behind = transmittance * grad_final[image, y0:y1, x0:x1]  # sum_{j>k} g_j w_j + g_T T
+        for position in range(end - 1, start - 1, -1):
+            g = ids[position]
+            mean_x, mean_y = means2d[image, g, 0], means2d[image, g, 1]
+            a, b_, c = conics[image, g, 0], conics[image, g, 1], conics[image, g, 2]
+            opacity = opacities[image, g]
+            cutoff = math.log(threshold / opacity) - _CUTOFF_MARGIN
+            px0, px1 = _pixel_span(mean_x, radii[image, g, 0], x0, x1)
+            py0, py1 = _pixel_span(mean_y, radii[image, g, 1], y0, y1)
+            gradient = per_pair[position]
+            grad_x = grad_y = grad_a = grad_b = grad_c = grad_opacity = zero
+            for row in range(py0, py1):
+                dy = mean_y - centres[row]
+                for column in range(px0, px1):
+                    if position >= stop[image, row, column]:
+                        continue
+                    dx = mean_x - centres[column]
+                    neg_sigma = -half * a * dx * dx - half * c * dy * dy - b_ * dx * dy
+                    if neg_sigma > zero or neg_sigma < cutoff:
+                        continue
+                    gaussian = math.exp(max(neg_sigma, min_neg_sigma))
+                    peak = opacity * gaussian
+                    if peak < threshold:
+                        continue
+                    alpha = min(peak, max_alpha)
+                    one_minus_alpha = one - alpha
+                    in_front = transmittance[row - y0, column - x0] / one_minus_alpha
+                    transmittance[row - y0, column - x0] = in_front
+                    weight = alpha * in_front
+                    grad_weight = zero
+                    for f in range(num_features):
+                        upstream = grad_summed[image, f, row, column]
+                        grad_weight += upstream * features[image, g, f]
+                        gradient[GRADIENT_COLUMNS + f] += weight * upstream
+                    if peak <= max_alpha:  # a clamped alpha depends on neither o nor sigma
+                        grad_alpha = (
+                            grad_weight * in_front
+                            - behind[row - y0, column - x0] / one_minus_alpha
+                        )
+                        grad_opacity += grad_alpha * gaussian
+                        grad_neg_sigma = grad_alpha * alpha
+                        grad_x -= grad_neg_sigma * (a * dx + b_ * dy)
+                        grad_y -= grad_neg_sigma * (c * dy + b_ * dx)
+                        grad_a -= half * grad_neg_sigma * dx * dx
+                        grad_b -= grad_neg_sigma * dx * dy
+                        grad_c -= half * grad_neg_sigma * dy * dy
+                    behind[row - y0, column - x0] += grad_weight * weight
+            gradient[0] += grad_x
+            gradient[1] += grad_y
+            gradient[2] += grad_a
+            gradient[3] += grad_b
+            gradient[4] += grad_c
+            gradient[5] += grad_opacity
+    gradients = np.zeros((b, n, columns), dtype=features.dtype)
+    for image in prange(b):
+        for position in range(starts[image * tiles], starts[(image + 1) * tiles]):
+            gradients[image, ids[position]] += per_pair[position]
+    return gradients
