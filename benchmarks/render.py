@@ -1,6 +1,6 @@
 """Renderer speed and memory: backends x (images, Gaussians, size), as a markdown table.
 
-    python benchmarks/render.py                      # CPU: torch backend vs the dense baseline
+    python benchmarks/render.py                      # CPU: numba and torch backends vs the dense baseline
     python benchmarks/render.py --configs 32x64x64   # the laptop demo's render (batch 32, 64 px)
     python benchmarks/render.py --device cuda --configs 256x256x224 --backends torch,gsplat
 
@@ -178,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", default=None, help="comma-separated IMAGESxGAUSSIANSxSIZE")
-    parser.add_argument("--backends", default=None, help="comma-separated: torch, gsplat, dense")
+    parser.add_argument("--backends", default=None, help="comma-separated: auto, numba, torch, gsplat, dense")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -190,7 +190,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     on_cuda = args.device == "cuda"
     configs = args.configs or ("256x256x224" if on_cuda else "8x256x224,32x64x64,2x64x64")
-    backends = (args.backends or ("torch,gsplat" if on_cuda else "torch,dense")).split(",")
+    backends = (args.backends or ("torch,gsplat" if on_cuda else "numba,torch,dense")).split(",")
 
     rows = [row for config in configs.split(",") for row in benchmark(config, backends, args)]
     device_name = torch.cuda.get_device_name() if on_cuda else f"CPU, {torch.get_num_threads()} threads"

@@ -119,14 +119,15 @@ class _CompiledComposite(torch.autograd.Function):
         tile_size: int,
     ):
         kernels = _kernels()
-        kernels.set_num_threads(torch.get_num_threads())
         dtype = means2d.dtype
         b, _, f = features.shape
         tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
         arrays = [_numpy(t) for t in (means2d, conics, opacities, features, radii)]
-        starts, ids = kernels.bin_into_tiles(
-            arrays[0], arrays[4], _numpy(order), tile_size, tiles_x, tiles_y
-        )
+        with kernels.launch_lock:
+            kernels.set_num_threads(torch.get_num_threads())
+            starts, ids = kernels.bin_into_tiles(
+                arrays[0], arrays[4], _numpy(order), tile_size, tiles_x, tiles_y
+            )
         numpy_dtype = arrays[0].dtype
         centres = np.arange(max(height, width), dtype=numpy_dtype) + numpy_dtype.type(0.5)
         constants = kernels.constants_like(
@@ -137,7 +138,8 @@ class _CompiledComposite(torch.autograd.Function):
         final = torch.empty(b, height, width, dtype=dtype)
         stop = np.empty((b, height, width), dtype=np.int64)
         layout = (starts, ids, tile_size, tiles_x, centres, constants)
-        kernels.composite_forward(*arrays, *layout, summed.numpy(), final.numpy(), stop)
+        with kernels.launch_lock:
+            kernels.composite_forward(*arrays, *layout, summed.numpy(), final.numpy(), stop)
         ctx.arrays, ctx.layout, ctx.stop = arrays, layout, stop
         ctx.final = final.numpy()
         return summed, final
@@ -146,11 +148,12 @@ class _CompiledComposite(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_summed: Tensor, grad_final: Tensor):
         kernels = _kernels()
-        kernels.set_num_threads(torch.get_num_threads())
-        gradients = kernels.composite_backward(
-            *ctx.arrays, *ctx.layout, ctx.final, ctx.stop, _numpy(grad_summed),
-            _numpy(grad_final),
-        )
+        with kernels.launch_lock:
+            kernels.set_num_threads(torch.get_num_threads())
+            gradients = kernels.composite_backward(
+                *ctx.arrays, *ctx.layout, ctx.final, ctx.stop, _numpy(grad_summed),
+                _numpy(grad_final),
+            )
         gradients = torch.from_numpy(gradients)
         columns = kernels.GRADIENT_COLUMNS
         return (
