@@ -85,7 +85,7 @@ PRESETS: dict[str, Config] = {
     # The authors' code where it differs from MAE's and the difference can change results
     # (docs/pretraining.md, "Paper settings").
     "paper": Config(head_init="torch", decay_groups="mae", lr_schedule="per-epoch"),
-    # A tiny ViT on scikit-image's photos: a laptop CPU runs it in under 3 minutes.
+    # A tiny ViT on scikit-image's photos: a laptop CPU runs it in under 3 minutes (numba renderer).
     "demo": Config(
         # 32 px in 4 px patches: the 64 Gaussians cover 16 pixels each (at 64 px, 64 and the
         # renders stay blobs); crops of half a photo or more, so that it learns the 8 photos.
@@ -101,7 +101,7 @@ PRESETS: dict[str, Config] = {
         batch_size=32,
         lr=1e-3,
         warmup_epochs=1.0,
-        epochs=48,
+        epochs=128,  # 1024 steps: 19.2 dB masked PSNR (48 epochs: 18.5 dB; 48 px, 64: 18.4)
         precision="fp32",
         device="cpu",
         output_dir="runs/demo",
