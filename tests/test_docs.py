@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from splathead.render import numba_available
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -21,7 +23,8 @@ def run(code: str, filename: str) -> dict:
 
 def test_readme_usage_example_runs(capsys):
     run(python_blocks(ROOT / "README.md")[0], "README.md")
-    assert capsys.readouterr().out.startswith("torch torch.Size([2, 3, 224, 224])")
+    backend = "numba" if numba_available() else "torch"
+    assert capsys.readouterr().out.startswith(f"{backend} torch.Size([2, 3, 224, 224])")
 
 
 def test_renderer_doc_example_runs():
