@@ -143,6 +143,43 @@ def bin_into_tiles(
     return starts, ids
 
 
+@njit(cache=True, error_model="numpy")
+def _tile_box(
+    job: int, tiles: int, tiles_x: int, tile_size: int, height: int, width: int
+) -> tuple[int, int, int, int, int]:
+    """The image of flat tile ``job`` and the tile's pixels ``[x0, x1) x [y0, y1)``."""
+    image, tile = job // tiles, job % tiles
+    x0, y0 = (tile % tiles_x) * tile_size, (tile // tiles_x) * tile_size
+    return image, x0, y0, min(x0 + tile_size, width), min(y0 + tile_size, height)
+
+
+@njit(cache=True, error_model="numpy")
+def _footprint(means2d, conics, opacities, radii, image, g, threshold, x0, y0, x1, y1):
+    """Gaussian ``g`` of ``image``: centre, conic ``(a, b, c)``, opacity, the ``-sigma`` below
+    which it is certainly skipped, and the tile's pixels it can reach ``[px0, px1) x [py0, py1)``."""
+    mean_x, mean_y, opacity = means2d[image, g, 0], means2d[image, g, 1], opacities[image, g]
+    px0, px1 = _pixel_span(mean_x, radii[image, g, 0], x0, x1)
+    py0, py1 = _pixel_span(mean_y, radii[image, g, 1], y0, y1)
+    cutoff = math.log(threshold / opacity) - _CUTOFF_MARGIN
+    a, b, c = conics[image, g, 0], conics[image, g, 1], conics[image, g, 2]
+    return mean_x, mean_y, a, b, c, opacity, cutoff, px0, px1, py0, py1
+
+
+@njit(cache=True, error_model="numpy")
+def _evaluate(dx, dy, a, b, c, opacity, cutoff, constants):
+    """``(exp(-sigma), o exp(-sigma))`` at offset ``(dx, dy)``, or zeros where the skip rule
+    drops the pair (``sigma < 0`` or ``alpha < 1/255``)."""
+    half, zero = constants[_HALF], constants[_ZERO]
+    neg_sigma = -half * a * dx * dx - half * c * dy * dy - b * dx * dy
+    if neg_sigma > zero or neg_sigma < cutoff:
+        return zero, zero
+    gaussian = math.exp(max(neg_sigma, constants[_MIN_NEG_SIGMA]))
+    peak = opacity * gaussian
+    if peak < constants[_ALPHA_THRESHOLD]:
+        return zero, zero
+    return gaussian, peak
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def composite_forward(
     means2d: np.ndarray,
@@ -166,37 +203,27 @@ def composite_forward(
     b, num_features = means2d.shape[0], features.shape[2]
     height, width = final.shape[1], final.shape[2]
     tiles = (starts.shape[0] - 1) // b
-    half, threshold = constants[_HALF], constants[_ALPHA_THRESHOLD]
-    max_alpha, min_transmittance = constants[_MAX_ALPHA], constants[_MIN_TRANSMITTANCE]
-    min_neg_sigma, one = constants[_MIN_NEG_SIGMA], constants[_ONE]
-    zero = constants[_ZERO]
+    threshold, max_alpha = constants[_ALPHA_THRESHOLD], constants[_MAX_ALPHA]
+    min_transmittance, one = constants[_MIN_TRANSMITTANCE], constants[_ONE]
     for job in prange(b * tiles):
-        image, tile = job // tiles, job % tiles
-        x0, y0 = (tile % tiles_x) * tile_size, (tile // tiles_x) * tile_size
-        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+        image, x0, y0, x1, y1 = _tile_box(job, tiles, tiles_x, tile_size, height, width)
         end = starts[job + 1]
         transmittance = np.full((y1 - y0, x1 - x0), one)
         stopped = np.zeros((y1 - y0, x1 - x0), dtype=np.bool_)
         stop[image, y0:y1, x0:x1] = end
         for position in range(starts[job], end):
             g = ids[position]
-            mean_x, mean_y = means2d[image, g, 0], means2d[image, g, 1]
-            a, b_, c = conics[image, g, 0], conics[image, g, 1], conics[image, g, 2]
-            opacity = opacities[image, g]
-            cutoff = math.log(threshold / opacity) - _CUTOFF_MARGIN
-            px0, px1 = _pixel_span(mean_x, radii[image, g, 0], x0, x1)
-            py0, py1 = _pixel_span(mean_y, radii[image, g, 1], y0, y1)
+            mean_x, mean_y, a, b_, c, opacity, cutoff, px0, px1, py0, py1 = _footprint(
+                means2d, conics, opacities, radii, image, g, threshold, x0, y0, x1, y1
+            )
             for row in range(py0, py1):
                 dy = mean_y - centres[row]
                 for column in range(px0, px1):
                     if stopped[row - y0, column - x0]:
                         continue
                     dx = mean_x - centres[column]
-                    neg_sigma = -half * a * dx * dx - half * c * dy * dy - b_ * dx * dy
-                    if neg_sigma > zero or neg_sigma < cutoff:
-                        continue
-                    peak = opacity * math.exp(max(neg_sigma, min_neg_sigma))
-                    if peak < threshold:
+                    _, peak = _evaluate(dx, dy, a, b_, c, opacity, cutoff, constants)
+                    if peak == 0:
                         continue
                     alpha = min(peak, max_alpha)
                     in_front = transmittance[row - y0, column - x0]
@@ -243,14 +270,11 @@ def composite_backward(
     height, width = final.shape[1], final.shape[2]
     tiles = (starts.shape[0] - 1) // b
     half, threshold = constants[_HALF], constants[_ALPHA_THRESHOLD]
-    max_alpha, min_neg_sigma = constants[_MAX_ALPHA], constants[_MIN_NEG_SIGMA]
-    one, zero = constants[_ONE], constants[_ZERO]
+    max_alpha, one, zero = constants[_MAX_ALPHA], constants[_ONE], constants[_ZERO]
     columns = GRADIENT_COLUMNS + num_features
     per_pair = np.zeros((starts[-1], columns), dtype=features.dtype)
     for job in prange(b * tiles):
-        image, tile = job // tiles, job % tiles
-        x0, y0 = (tile % tiles_x) * tile_size, (tile // tiles_x) * tile_size
-        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+        image, x0, y0, x1, y1 = _tile_box(job, tiles, tiles_x, tile_size, height, width)
         start, end = starts[job], starts[job + 1]
         if start == end:
             continue
@@ -258,12 +282,9 @@ def composite_backward(
         behind = transmittance * grad_final[image, y0:y1, x0:x1]  # sum_{j>k} g_j w_j + g_T T
         for position in range(end - 1, start - 1, -1):
             g = ids[position]
-            mean_x, mean_y = means2d[image, g, 0], means2d[image, g, 1]
-            a, b_, c = conics[image, g, 0], conics[image, g, 1], conics[image, g, 2]
-            opacity = opacities[image, g]
-            cutoff = math.log(threshold / opacity) - _CUTOFF_MARGIN
-            px0, px1 = _pixel_span(mean_x, radii[image, g, 0], x0, x1)
-            py0, py1 = _pixel_span(mean_y, radii[image, g, 1], y0, y1)
+            mean_x, mean_y, a, b_, c, opacity, cutoff, px0, px1, py0, py1 = _footprint(
+                means2d, conics, opacities, radii, image, g, threshold, x0, y0, x1, y1
+            )
             gradient = per_pair[position]
             grad_x = grad_y = grad_a = grad_b = grad_c = grad_opacity = zero
             for row in range(py0, py1):
@@ -272,12 +293,8 @@ def composite_backward(
                     if position >= stop[image, row, column]:
                         continue
                     dx = mean_x - centres[column]
-                    neg_sigma = -half * a * dx * dx - half * c * dy * dy - b_ * dx * dy
-                    if neg_sigma > zero or neg_sigma < cutoff:
-                        continue
-                    gaussian = math.exp(max(neg_sigma, min_neg_sigma))
-                    peak = opacity * gaussian
-                    if peak < threshold:
+                    gaussian, peak = _evaluate(dx, dy, a, b_, c, opacity, cutoff, constants)
+                    if peak == 0:
                         continue
                     alpha = min(peak, max_alpha)
                     one_minus_alpha = one - alpha
