@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from splathead import gmae_vit_tiny
 from splathead.camera import Camera
 from splathead.gaussians import Gaussians
-from splathead.render import GsplatBackend, SplatRenderer, gsplat_available, project_gaussians
+from splathead.render import (
+    GsplatBackend, SplatRenderer, gsplat_available, numba_available, project_gaussians)
 from splathead.render.projection import covariance_3d
 
 SIZE = 32
@@ -126,7 +127,7 @@ def test_gsplat_backend_refuses_the_authors_footprint_by_name():
         GsplatBackend().render(scene, camera, torch.ones(1, 3), render_depth=False)
     with pytest.raises(ValueError, match="footprint='authors'"):
         SplatRenderer(camera, backend="gsplat")
-    assert SplatRenderer(camera, backend="auto").backend == "torch"
+    assert SplatRenderer(camera, backend="auto").backend == ("numba" if numba_available() else "torch")
 
 
 def test_the_model_renders_with_the_authors_footprint_when_asked():
