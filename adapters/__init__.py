@@ -4,6 +4,7 @@ from splathead.encoder import MaskedEncoder
 from splathead.adapters.export import export_hf, export_timm
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder
+from splathead.adapters.timm_eva import TimmEvaEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder
 from splathead.adapters.wrap import wrap
 
@@ -11,6 +12,7 @@ __all__ = [
     "HFDinov2Encoder",
     "HFViTMAEEncoder",
     "MaskedEncoder",
+    "TimmEvaEncoder",
     "TimmViTEncoder",
     "export_hf",
     "export_timm",

@@ -8,11 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetensors.torch import save_file
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder
+from splathead.adapters.timm_eva import TimmEvaEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder
 from splathead.typing import typecheck
 
@@ -20,8 +22,10 @@ __all__ = ["export_hf", "export_timm"]
 
 
 @typecheck
-def export_timm(encoder: TimmViTEncoder | VisionTransformer, path: str | Path) -> Path:
-    """Write the ViT's ``state_dict`` as a timm checkpoint ``path`` (``*.safetensors``).
+def export_timm(encoder: nn.Module, path: str | Path) -> Path:
+    """Write the timm model's ``state_dict`` as a timm checkpoint ``path`` (``*.safetensors``).
+
+    ``encoder``: a timm ``VisionTransformer`` or ``Eva``, or its adapter (``wrap(model)``).
 
     Load it back, offline, with the architecture and overrides it was built with; the overlay's
     ``num_classes`` is the exported ViT's, so that timm knows whether the file holds a head::
@@ -36,7 +40,7 @@ def export_timm(encoder: TimmViTEncoder | VisionTransformer, path: str | Path) -
     if path.suffix != ".safetensors":
         # timm picks the safetensors loader by this suffix, and torch.load (pickle) otherwise
         raise ValueError(f"path must end in .safetensors, got {str(path)!r}")
-    vit = encoder.vit if isinstance(encoder, TimmViTEncoder) else encoder
+    vit = _timm_model(encoder)
     metadata = {"format": "pt"}
     architecture = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
     if architecture:
@@ -45,6 +49,21 @@ def export_timm(encoder: TimmViTEncoder | VisionTransformer, path: str | Path) -
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state_dict, path, metadata=metadata)
     return path
+
+
+def _timm_model(encoder: nn.Module) -> nn.Module:
+    """The timm model ``encoder`` is or adapts; ``TypeError`` naming its class otherwise (the
+    message never prints the module, which can run to thousands of lines)."""
+    if isinstance(encoder, TimmViTEncoder):
+        return encoder.vit
+    if isinstance(encoder, TimmEvaEncoder):
+        return encoder.eva
+    if isinstance(encoder, (VisionTransformer, Eva)):
+        return encoder
+    raise TypeError(
+        f"export_timm needs a timm VisionTransformer or Eva or its adapter, got "
+        f"{type(encoder).__name__}; use export_hf for Hugging Face models"
+    )
 
 
 @typecheck

@@ -7,8 +7,8 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from splathead.adapters.timm_patches import check_visible_input, timm_grid_size
 from splathead.masking import gather_tokens
-from splathead.patches import patch_grid
 from splathead.typing import Float, Int, Tensor, typecheck
 
 __all__ = ["TimmViTEncoder"]
@@ -78,25 +78,8 @@ class TimmViTEncoder(nn.Module):
         return self.vit.blocks
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        """Patch grid ``(gh, gw)`` for ``height x width`` images.
-
-        Static-size models accept only the size they were built for (timm's ``img_size``);
-        ``dynamic_img_size`` models accept any size, padded up to whole patches when built
-        with ``dynamic_img_pad``.
-        """
-        patch_embed = self.vit.patch_embed
-        if not self.vit.dynamic_img_size:
-            if (height, width) != tuple(patch_embed.img_size):
-                built_height, built_width = patch_embed.img_size
-                raise ValueError(
-                    f"images are {height}x{width} pixels but this timm model was built for "
-                    f"{built_height}x{built_width} (img_size); build it with img_size="
-                    f"({height}, {width}) or dynamic_img_size=True"
-                )
-            return tuple(patch_embed.grid_size)
-        if not patch_embed.dynamic_img_pad:
-            return patch_grid(height, width, self.patch_size)
-        return tuple(patch_embed.dynamic_feat_size((height, width)))
+        """Patch grid ``(gh, gw)`` for ``height x width`` images (``timm_grid_size``)."""
+        return timm_grid_size(self.vit.patch_embed, self.vit.dynamic_img_size, height, width)
 
     @typecheck
     def forward(
@@ -112,15 +95,7 @@ class TimmViTEncoder(nn.Module):
         Returns:
             ``[b prefix+k d]``: the prefix tokens, then the visible patches in ``ids_keep`` order.
         """
-        if images.shape[1] != self.in_chans:
-            raise ValueError(
-                f"images has {images.shape[1]} channels, the ViT expects {self.in_chans}"
-            )
-        grid_height, grid_width = self.grid_size(*images.shape[2:])
-        if ids_keep is not None and ids_keep.shape[1] > grid_height * grid_width:
-            raise ValueError(
-                f"ids_keep keeps {ids_keep.shape[1]} patches of only {grid_height * grid_width}"
-            )
+        check_visible_input(images, ids_keep, self.in_chans, self.grid_size(*images.shape[2:]))
         tokens = _embed_with_positions(self.vit, images)
         if ids_keep is not None:
             prefix = self.num_prefix_tokens

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import sys
 
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from splathead.encoder import MaskedEncoder
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder
+from splathead.adapters.timm_eva import TimmEvaEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder
 
 SUPPORTED = (
     "timm VisionTransformer (MAE, DeiT, DINO, DINOv2 with or without registers), "
+    "timm Eva (EVA02, DINOv3, RoPE ViTs), "
     "transformers ViTMAEModel / ViTMAEForPreTraining, Dinov2Model, Dinov2WithRegistersModel, "
     "or any MaskedEncoder"
 )
@@ -30,6 +33,8 @@ def wrap(model: nn.Module) -> MaskedEncoder:
     """
     if isinstance(model, VisionTransformer):
         return TimmViTEncoder(model)
+    if isinstance(model, Eva):
+        return TimmEvaEncoder(model)
     # A Hugging Face model means transformers is already imported; never import it here.
     transformers = sys.modules.get("transformers")
     if transformers is not None:

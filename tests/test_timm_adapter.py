@@ -295,7 +295,7 @@ def test_image_size_not_divisible_by_the_patch_is_rejected():
 def test_wrong_channel_count_is_rejected():
     encoder = TimmViTEncoder(tiny_vit())
 
-    with pytest.raises(ValueError, match="images has 1 channels, the ViT expects 3"):
+    with pytest.raises(ValueError, match="images has 1 channels, the model expects 3"):
         encoder(torch.randn(2, 1, 32, 32))
 
 
