@@ -107,6 +107,7 @@ def build_gmae_vit(
     img_size: int = 224,
     mask_ratio: float = 0.75,
     loss: Loss = "masked",
+    norm_pix_loss: bool = False,
     freeze_encoder: bool = False,
     decoder_settings: DecoderSettings = DecoderSettings(),
     decoder_kwargs: dict[str, Any] | None = None,
@@ -130,6 +131,7 @@ def build_gmae_vit(
         img_size=img_size,
         mask_ratio=mask_ratio,
         loss=loss,
+        norm_pix_loss=norm_pix_loss,
         freeze_encoder=freeze_encoder,
         decoder_settings=decoder_settings.replace(**decoder, **(decoder_kwargs or {})),
     )

@@ -2,7 +2,7 @@
 
 The paper's loss is the mean squared error between the rendered image and the input in [0, 1]
 RGB, averaged over the masked patches only (section 5 of the design notes): no per-patch
-normalisation of the target.
+normalisation of the target. MAE's normalised-pixel target (``norm_pix_loss``) is an option.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def masked_patch_mse(
     mask: Bool[Tensor, "b l"] | Real[Tensor, "b l"],
     patch_size: int | tuple[int, int],
     *,
+    norm_pix: bool = False,
     check_inputs: bool = True,
 ) -> Float[Tensor, ""]:
     """The GMAE loss: per-patch mean squared error, averaged over hidden patches only.
@@ -59,6 +60,10 @@ def masked_patch_mse(
             row-major over the patch grid; or any real dtype holding 1 where hidden and 0
             where visible (MAE's ``mask`` as its ``random_masking`` returns it).
         patch_size: ``ph`` or ``(ph, pw)`` in pixels.
+        norm_pix: MAE's ``norm_pix_loss``: normalise each patch of ``image`` and ``target`` by
+            the target patch's mean and unbiased variance over its pixels and channels,
+            ``(x - mean) / sqrt(var + 1e-6)``, before the squared error (the GMAE paper trained
+            without it).
         check_inputs: raise ``ValueError`` if ``target`` leaves [0, 1] or ``mask`` hides no
             patch, or a real ``mask`` holds other values than 0 and 1 (one device-to-host sync);
             when False such input gives a meaningless loss or NaN.
@@ -72,7 +77,13 @@ def masked_patch_mse(
         )
     if check_inputs:
         _check_target(target, mask)
-    per_patch = patchify((image - target).square(), (patch_height, patch_width)).mean(dim=-1)
+    patch_shape = (patch_height, patch_width)
+    image_patches, target_patches = patchify(image, patch_shape), patchify(target, patch_shape)
+    if norm_pix:
+        mean = target_patches.mean(dim=-1, keepdim=True)
+        std = (target_patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        image_patches, target_patches = (image_patches - mean) / std, (target_patches - mean) / std
+    per_patch = (image_patches - target_patches).square().mean(dim=-1)
     weights = mask.to(per_patch.dtype)
     return (per_patch * weights).sum() / weights.sum()
 

@@ -57,6 +57,10 @@ class GMAE(nn.Module):
         mean: per-channel mean of the input images' normalisation.
         std: per-channel standard deviation of the input images' normalisation.
         loss: "masked" (paper) averages the MSE over hidden patches; "full" over all pixels.
+        norm_pix_loss: MAE's normalised-pixel target: each patch of the render and of the input
+            normalised by the input patch's mean and unbiased variance (``masked_patch_mse``'s
+            ``norm_pix``); with ``loss="full"`` averaged over every patch. The paper trained
+            without it.
         freeze_encoder: train the decoder only: the encoder's parameters get
             ``requires_grad=False`` and the encoder stays in eval mode through ``train()``
             (no dropout or drop-path on a frozen encoder).
@@ -74,6 +78,7 @@ class GMAE(nn.Module):
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         loss: Loss = "masked",
+        norm_pix_loss: bool = False,
         freeze_encoder: bool = False,
     ) -> None:
         super().__init__()
@@ -95,6 +100,7 @@ class GMAE(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.loss = loss
+        self.norm_pix_loss = norm_pix_loss
         self.freeze_encoder = freeze_encoder
         self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
@@ -112,6 +118,7 @@ class GMAE(nn.Module):
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         loss: Loss = "masked",
+        norm_pix_loss: bool = False,
         freeze_encoder: bool = False,
         decoder_settings: DecoderSettings = DecoderSettings(),
         **decoder_overrides: Any,
@@ -139,6 +146,7 @@ class GMAE(nn.Module):
             mean=mean,
             std=std,
             loss=loss,
+            norm_pix_loss=norm_pix_loss,
             freeze_encoder=freeze_encoder,
         )
 
@@ -237,7 +245,12 @@ class GMAE(nn.Module):
         image = self.render(gaussians)
         target = self.unnormalize(images)
         if self.loss == "masked":
-            loss = masked_patch_mse(image, target, mask.mask, self.patch_size)
+            loss = masked_patch_mse(
+                image, target, mask.mask, self.patch_size, norm_pix=self.norm_pix_loss
+            )
+        elif self.norm_pix_loss:
+            every_patch = torch.ones_like(mask.mask)
+            loss = masked_patch_mse(image, target, every_patch, self.patch_size, norm_pix=True)
         else:
             loss = image_mse(image, target)
         return GMAEOutput(loss=loss, image=image, gaussians=gaussians, mask=mask)
@@ -316,7 +329,7 @@ class GMAE(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"mask_ratio={self.mask_ratio}, loss={self.loss!r}, "
-            f"freeze_encoder={self.freeze_encoder}"
+            f"norm_pix_loss={self.norm_pix_loss}, freeze_encoder={self.freeze_encoder}"
         )
 
 

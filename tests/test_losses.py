@@ -115,6 +115,59 @@ def test_masked_patch_mse_equals_mae_loss(seed, ratio):
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
 
 
+def norm_pix_loss_by_patch_loops(image, target, mask, patch_size):
+    """MAE's norm-pix loss on the render, patch by patch: the target patch's mean and unbiased
+    variance over its pixels and channels, (x - mean) / sqrt(var + 1e-6) for render and target."""
+    batch, _, height, width = target.shape
+    losses, weights = [], []
+    for b in range(batch):
+        for row in range(height // patch_size):
+            for column in range(width // patch_size):
+                rows = slice(row * patch_size, (row + 1) * patch_size)
+                columns = slice(column * patch_size, (column + 1) * patch_size)
+                target_patch = target[b, :, rows, columns].double()
+                image_patch = image[b, :, rows, columns].double()
+                count = target_patch.numel()
+                mean = target_patch.sum() / count
+                variance = ((target_patch - mean) ** 2).sum() / (count - 1)
+                scale = (variance + 1e-6).sqrt()
+                error = ((image_patch - mean) / scale - (target_patch - mean) / scale) ** 2
+                losses.append(error.sum() / count)
+                weights.append(float(mask[b, row * (width // patch_size) + column]))
+    losses, weights = torch.stack(losses), torch.tensor(weights, dtype=torch.float64)
+    return ((losses * weights).sum() / weights.sum()).float()
+
+
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0.25, 0.5, 0.75]))
+def test_norm_pix_loss_equals_maes_per_patch_normalisation_of_render_and_target(seed, ratio):
+    generator = torch.Generator().manual_seed(seed)
+    target = torch.rand(2, 3, 8, 12, generator=generator)
+    target[0, :, :4, :4] = 0.5  # a flat patch: variance 0, only the 1e-6 keeps it finite
+    image = torch.rand(2, 3, 8, 12, generator=generator)
+    mask = RandomMasking(ratio)(2, 6, generator=generator).mask
+    mask[0, 0] = True
+
+    loss = masked_patch_mse(image, target, mask, 4, norm_pix=True)
+
+    expected = norm_pix_loss_by_patch_loops(image, target, mask, 4)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+
+
+def test_norm_pix_loss_is_the_squared_error_over_the_target_patchs_variance():
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = 1.0  # mean 0.25, unbiased variance 0.25
+    image = target + 0.5
+    loss = masked_patch_mse(image, target, torch.ones(1, 1, dtype=torch.bool), 2, norm_pix=True)
+    torch.testing.assert_close(loss, torch.tensor(0.25 / (0.25 + 1e-6)))
+
+
+def test_norm_pix_loss_keeps_the_render_in_the_graph():
+    target = torch.rand(1, 3, 8, 8)
+    image = torch.rand(1, 3, 8, 8, requires_grad=True)
+    masked_patch_mse(image, target, torch.ones(1, 4, dtype=torch.bool), 4, norm_pix=True).backward()
+    assert image.grad.abs().sum() > 0
+
+
 def test_masked_patch_mse_ignores_visible_patches():
     target = torch.rand(2, 3, 16, 16)
     image = torch.rand(2, 3, 16, 16)

@@ -16,6 +16,7 @@ from splathead.factories import (
     gmae_vit_tiny,
 )
 from splathead.model import GMAE, GMAEOutput
+from splathead.patches import patchify
 from splathead.pos_embed import sincos_pos_embed_2d
 
 IMG_SIZE = 32
@@ -105,6 +106,19 @@ def test_full_loss_is_mse_over_every_pixel():
     output = model(images)
     expected = (output.image - model.unnormalize(images)).square().mean()
     torch.testing.assert_close(output.loss, expected)
+
+
+@pytest.mark.parametrize("loss", ["masked", "full"])
+def test_norm_pix_loss_normalises_each_patch_by_the_inputs_patch(loss):
+    model = tiny(loss=loss, norm_pix_loss=True)
+    images = normalised_images()
+    output = model(images)
+    weights = output.mask.mask if loss == "masked" else torch.ones_like(output.mask.mask)
+    render = patchify(output.image, PATCH_SIZE)
+    target = patchify(model.unnormalize(images), PATCH_SIZE)
+    per_patch = (render - target).square().mean(-1) / (target.var(-1) + 1e-6)
+    torch.testing.assert_close(output.loss, (per_patch * weights).sum() / weights.sum())
+    assert not torch.allclose(output.loss, tiny(loss=loss)(images).loss)
 
 
 def test_unnormalize_inverts_imagenet_normalisation():
