@@ -59,6 +59,16 @@ def test_gaussians_per_token_keeps_the_gaussians_and_divides_the_queries():
     assert decoder.num_gaussians == 64
 
 
+def test_norm_pix_loss_flag_reaches_the_model_and_is_off_by_default():
+    from splathead_recipes.models import build_model
+
+    assert PRESETS["paper"].norm_pix_loss is False
+    config = parse_config(["--preset", "demo", "--norm-pix-loss"])
+    check(config)
+    assert build_model(config).norm_pix_loss is True
+    assert build_model(PRESETS["demo"]).norm_pix_loss is False
+
+
 def test_config_round_trips_through_json():
     config = PRESETS["demo"]
     assert load_config(dataclasses.asdict(config)) == config

@@ -40,6 +40,8 @@ class Config(RunConfig):
                                     "num-gaussians / gaussians-per-token queries")
     max_scale: float = option(0.125, "largest Gaussian std in scene units (paper c = 1: 1/8)")
     mask_ratio: float = option(0.75, "fraction of patches hidden from the encoder, in (0, 1)")
+    norm_pix_loss: bool = option(False, "MAE's normalised-pixel target: render and input patches "
+                                 "normalised by the input patch's mean and variance (paper: off)")
     render_backend: BackendName = option("auto", "splatting backend")
     footprint: Footprint = option("ortho", "Gaussian footprints: ortho (independent of depth) or "
                                   "authors (sized by depth 8 / (8 + z) as in the GMAE authors' "

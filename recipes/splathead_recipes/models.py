@@ -27,8 +27,8 @@ def build_model(config: Config) -> GMAE:
                    num_queries=config.num_gaussians // config.gaussians_per_token,
                    gaussians_per_token=config.gaussians_per_token,
                    max_scale=config.max_scale, mask_ratio=config.mask_ratio,
-                   backend=config.render_backend, footprint=config.footprint,
-                   head_init=config.head_init, **patch)
+                   norm_pix_loss=config.norm_pix_loss, backend=config.render_backend,
+                   footprint=config.footprint, head_init=config.head_init, **patch)
 
 
 def load_pretrained(path: Path) -> GMAE:
