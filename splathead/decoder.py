@@ -36,7 +36,8 @@ class QueryDecoder(nn.Module):
     (``torch.rand``): the queries, and so the Gaussians, start spread out rather than all alike.
     Unlike MAE there are no mask tokens:
     the decoder's length is ``prefix + visible + num_queries`` whatever the mask. Blocks are
-    timm's ViT ``Block`` with MAE's settings (qkv bias, LayerNorm eps 1e-6) and MAE's init.
+    timm's ViT ``Block`` with MAE's settings (qkv bias, LayerNorm eps 1e-6 unless ``norm_eps``
+    says otherwise) and MAE's init.
 
     Args:
         encoder_dim: width ``e`` of the encoder tokens.
@@ -47,6 +48,7 @@ class QueryDecoder(nn.Module):
         num_heads: its attention heads (paper: 16).
         mlp_ratio: its MLP width over ``dim`` (paper: 4).
         num_queries: number ``q`` of query tokens, one Gaussian each (paper: 256).
+        norm_eps: ``eps`` of the blocks' and the final LayerNorm (MAE's models: 1e-6).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class QueryDecoder(nn.Module):
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
         num_queries: int = 256,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if num_prefix_tokens < 0:
@@ -82,7 +85,7 @@ class QueryDecoder(nn.Module):
         )
         self.query_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.query_embed = nn.Parameter(torch.zeros(1, num_queries, dim))
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.blocks = nn.Sequential(
             *[
                 Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
@@ -158,6 +161,7 @@ class DecoderSettings:
         num_heads: decoder attention heads, see :class:`QueryDecoder` (paper: 16).
         mlp_ratio: decoder MLP ratio, see :class:`QueryDecoder` (paper: 4).
         num_queries: query tokens, see :class:`QueryDecoder` (paper: 256).
+        norm_eps: the decoder's LayerNorm ``eps``, see :class:`QueryDecoder` (MAE: 1e-6).
         gaussians_per_token: ``m`` Gaussians per query (:class:`GaussianHead`): the decoder's
             sequence (and cost) stays, the render's cost grows with ``m``.
         num_channels: colour channels of the Gaussians, see :class:`GaussianHead`.
@@ -178,6 +182,7 @@ class DecoderSettings:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_queries: int = 256
+    norm_eps: float = 1e-6
     gaussians_per_token: int = 1
     num_channels: int = 3
     max_scale: float = 1 / 8
@@ -191,7 +196,7 @@ class DecoderSettings:
     def __post_init__(self) -> None:
         # Whole numbers stand for floats, a background sequence or tensor becomes plain floats;
         # then every field must have its annotated type.
-        for name in ("mlp_ratio", "max_scale", "center_range"):
+        for name in ("mlp_ratio", "norm_eps", "max_scale", "center_range"):
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
@@ -283,6 +288,7 @@ class GMAEDecoder(nn.Module):
             num_heads=settings.num_heads,
             mlp_ratio=settings.mlp_ratio,
             num_queries=settings.num_queries,
+            norm_eps=settings.norm_eps,
         )
         self.head = GaussianHead(
             settings.dim,

@@ -8,6 +8,7 @@ algorithm; its ``random_masking`` returns MAE's float mask) standing in for ``mo
 import re
 import sys
 import types
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from timm.models.vision_transformer import Block, PatchEmbed
 from torch import nn
 
 from splathead.decoder import GMAEDecoder
+from splathead.losses import masked_patch_mse
 from splathead.pos_embed import sincos_pos_embed_2d
 
 DOC = Path(__file__).parent.parent / "docs" / "drop_in.md"
@@ -108,7 +110,8 @@ class MaskedAutoencoderViT(nn.Module):
 
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-TINY_DECODER = dict(dim=32, depth=1, num_heads=2, num_queries=16, backend="torch")
+TINY_GMAE = dict(TINY, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+TINY_DECODER = dict(num_queries=16, backend="torch")
 
 
 def python_block(markdown: str) -> str:
@@ -137,7 +140,7 @@ def normalised_images(batch_size, size=32):
 
 def test_gmae_from_the_doc_trains_a_step_in_mae_training_loop(models_gmae):
     torch.manual_seed(0)
-    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    model = models_gmae.GaussianMAE(**TINY_GMAE, decoder_kwargs=TINY_DECODER)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
 
@@ -164,8 +167,8 @@ def test_maes_model_dispatch_builds_the_gmae_of_that_name_at_the_input_size(
 ):
     # main_pretrain.py's line after the doc's edit; one encoder block keeps the test small.
     size = 2 * patch
-    model = models_gmae.__dict__[name](img_size=size, depth=1,
-                                       decoder_kwargs=dict(depth=1, backend="torch"))
+    model = models_gmae.__dict__[name](img_size=size, depth=1, decoder_depth=1,
+                                       decoder_kwargs=dict(backend="torch"))
     assert model.cls_token.shape[-1] == width
     assert tuple(model.patch_embed.patch_size) == (patch, patch)
     assert model.gmae_decoder.img_size == (size, size)
@@ -186,7 +189,7 @@ def test_laptop_model_takes_maes_float_mask_as_it_is_and_trains(models_gmae):
 def test_save_one_image_writes_input_masked_render_and_gaussians(models_gmae, tmp_path):
     from PIL import Image
 
-    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    model = models_gmae.GaussianMAE(**TINY_GMAE, decoder_kwargs=TINY_DECODER)
     path = tmp_path / "one_image.png"
     models_gmae.save_one_image(path, model, normalised_images(2))
     width, height = Image.open(path).size
@@ -194,7 +197,7 @@ def test_save_one_image_writes_input_masked_render_and_gaussians(models_gmae, tm
 
 
 def test_gmae_from_the_doc_has_no_mae_pixel_decoder_left(models_gmae):
-    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    model = models_gmae.GaussianMAE(**TINY_GMAE, decoder_kwargs=TINY_DECODER)
     names = [name for name, _ in model.named_parameters()]
     assert not any(name.startswith(("decoder_", "mask_token")) for name in names)
     encoder_names = {name for name, _ in MaskedAutoencoderViT(**TINY).named_parameters()}
@@ -203,7 +206,7 @@ def test_gmae_from_the_doc_has_no_mae_pixel_decoder_left(models_gmae):
 
 def test_gmae_from_the_doc_keeps_the_mae_checkpoint_names_of_the_encoder(models_gmae):
     # MAE's fine-tuning loads the encoder by name with strict=False.
-    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    model = models_gmae.GaussianMAE(**TINY_GMAE, decoder_kwargs=TINY_DECODER)
     state = model.state_dict()
     assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight"} <= state.keys()
     assert not {"mean", "std"} & state.keys()
@@ -211,7 +214,8 @@ def test_gmae_from_the_doc_keeps_the_mae_checkpoint_names_of_the_encoder(models_
 
 def test_decoder_reads_mae_ids_restore_as_the_visible_patches_in_latent_order():
     mae = MaskedAutoencoderViT(**TINY).eval()
-    decoder = GMAEDecoder(encoder_dim=32, img_size=32, patch_size=8, **TINY_DECODER).eval()
+    decoder = GMAEDecoder(encoder_dim=32, img_size=32, patch_size=8, dim=32, depth=1,
+                          num_heads=2, **TINY_DECODER).eval()
     images = normalised_images(2)
     with torch.no_grad():
         torch.manual_seed(0)
@@ -224,3 +228,94 @@ def test_decoder_reads_mae_ids_restore_as_the_visible_patches_in_latent_order():
     torch.testing.assert_close(from_mae.image, from_ids_keep.image)
     torch.testing.assert_close(from_mae.gaussians.means, from_ids_keep.gaussians.means)
     assert not torch.allclose(from_mae.gaussians.means, shuffled.gaussians.means)
+
+
+def tiny_from_factory(models_gmae, **keywords):
+    """MAE's ViT-B/16 factory at 32 px with one encoder block, plus ``keywords``."""
+    torch.manual_seed(0)
+    keywords.setdefault("decoder_kwargs", dict(num_queries=8, backend="torch"))
+    return models_gmae.mae_vit_base_patch16(img_size=32, depth=1, **keywords)
+
+
+def test_the_issues_example_gets_its_decoder_depth_and_norm_pix_loss(models_gmae):
+    model = models_gmae.mae_vit_base_patch16(img_size=112, depth=1, norm_pix_loss=True,
+                                             decoder_depth=2)
+    assert len(model.gmae_decoder.query_decoder.blocks) == 2
+    assert model.norm_pix_loss is True
+    assert model.gmae_decoder.img_size == (112, 112)
+
+
+def test_decoder_width_depth_and_heads_come_from_maes_keywords(models_gmae):
+    model = tiny_from_factory(models_gmae, decoder_embed_dim=64, decoder_depth=3,
+                              decoder_num_heads=4)
+    query_decoder = model.gmae_decoder.query_decoder
+    assert query_decoder.dim == 64 and len(query_decoder.blocks) == 3
+    assert all(block.attn.num_heads == 4 for block in query_decoder.blocks)
+
+
+def test_mae_defaults_give_the_papers_decoder(models_gmae):
+    query_decoder = tiny_from_factory(models_gmae).gmae_decoder.query_decoder
+    assert (query_decoder.dim, len(query_decoder.blocks)) == (512, 8)
+    assert query_decoder.blocks[0].attn.num_heads == 16
+    assert query_decoder.blocks[0].mlp.fc1.out_features == 4 * 512
+
+
+def test_mlp_ratio_sizes_encoder_and_decoder_blocks(models_gmae):
+    model = tiny_from_factory(models_gmae, mlp_ratio=2, decoder_embed_dim=32,
+                              decoder_depth=1, decoder_num_heads=2)
+    assert model.blocks[0].mlp.fc1.out_features == 2 * 768
+    assert model.gmae_decoder.query_decoder.blocks[0].mlp.fc1.out_features == 2 * 32
+
+
+def test_norm_layer_builds_encoder_and_decoder_norms(models_gmae):
+    model = tiny_from_factory(models_gmae, norm_layer=partial(nn.LayerNorm, eps=1e-3),
+                              decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    query_decoder = model.gmae_decoder.query_decoder
+    norms = [model.norm, model.blocks[0].norm1, query_decoder.norm,
+             query_decoder.blocks[0].norm1, query_decoder.blocks[0].norm2]
+    assert [norm.eps for norm in norms] == [1e-3] * 5
+
+
+def test_a_norm_layer_other_than_layer_norm_is_refused_by_name(models_gmae):
+    with pytest.raises(ValueError, match="norm_layer=.*RMSNorm"):
+        tiny_from_factory(models_gmae, norm_layer=nn.RMSNorm)
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_norm_pix_loss_normalises_render_and_input_patches(models_gmae, norm_pix_loss):
+    model = tiny_from_factory(models_gmae, norm_pix_loss=norm_pix_loss, decoder_embed_dim=32,
+                              decoder_depth=1, decoder_num_heads=2)
+    images = normalised_images(2)
+    torch.manual_seed(1)
+    loss, image, mask = model(images, mask_ratio=0.75)
+    target = (images * model.std + model.mean).clamp(0, 1)
+    expected = masked_patch_mse(image, target, mask, 16, norm_pix=norm_pix_loss)
+    other = masked_patch_mse(image, target, mask, 16, norm_pix=not norm_pix_loss)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, other)
+
+
+def test_in_chans_other_than_three_is_refused_by_name(models_gmae):
+    with pytest.raises(ValueError, match="in_chans=1"):
+        tiny_from_factory(models_gmae, in_chans=1)
+
+
+def test_an_unknown_keyword_is_refused_by_name(models_gmae):
+    with pytest.raises(TypeError, match="decoder_width"):
+        tiny_from_factory(models_gmae, decoder_width=64)
+
+
+def test_decoder_kwargs_may_not_repeat_an_mae_keywords_setting(models_gmae):
+    with pytest.raises(ValueError, match=r"\['depth'\].*\['decoder_depth'\]"):
+        tiny_from_factory(models_gmae, decoder_kwargs=dict(depth=2, backend="torch"))
+
+
+@pytest.mark.parametrize("name", ["mae_vit_base_patch16", "mae_vit_large_patch16",
+                                  "mae_vit_huge_patch14", "mae_vit_tiny_patch4"])
+def test_every_factory_passes_maes_keywords_on(models_gmae, name):
+    patch = 14 if name.endswith("14") else 4 if name.endswith("4") else 16
+    model = models_gmae.__dict__[name](img_size=2 * patch, depth=1, decoder_depth=1,
+                                       decoder_embed_dim=16, decoder_num_heads=2,
+                                       norm_pix_loss=True, decoder_kwargs=dict(backend="torch"))
+    assert model.norm_pix_loss is True and len(model.blocks) == 1
+    assert model.gmae_decoder.query_decoder.dim == 16
