@@ -1,10 +1,11 @@
-"""Backbone adapters: timm and Hugging Face ViTs as `MaskedEncoder`s (``splathead.adapters``)."""
+"""Backbone adapters: timm and Hugging Face encoders as `MaskedEncoder`s (``splathead.adapters``)."""
 
 from splathead.encoder import MaskedEncoder
 from splathead.adapters.export import export_hf, export_timm
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder
 from splathead.adapters.timm_eva import TimmEvaEncoder
+from splathead.adapters.timm_hiera import TimmHieraEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder
 from splathead.adapters.wrap import wrap
 
@@ -13,6 +14,7 @@ __all__ = [
     "HFViTMAEEncoder",
     "MaskedEncoder",
     "TimmEvaEncoder",
+    "TimmHieraEncoder",
     "TimmViTEncoder",
     "export_hf",
     "export_timm",

@@ -9,12 +9,14 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 from timm.models.eva import Eva
+from timm.models.hiera import Hiera
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder
 from splathead.adapters.timm_eva import TimmEvaEncoder
+from splathead.adapters.timm_hiera import TimmHieraEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder
 from splathead.typing import typecheck
 
@@ -25,7 +27,8 @@ __all__ = ["export_hf", "export_timm"]
 def export_timm(encoder: nn.Module, path: str | Path) -> Path:
     """Write the timm model's ``state_dict`` as a timm checkpoint ``path`` (``*.safetensors``).
 
-    ``encoder``: a timm ``VisionTransformer`` or ``Eva``, or its adapter (``wrap(model)``).
+    ``encoder``: a timm ``VisionTransformer``, ``Eva`` or ``Hiera``, or its adapter
+    (``wrap(model)``).
 
     Load it back, offline, with the architecture and overrides it was built with; the overlay's
     ``num_classes`` is the exported ViT's, so that timm knows whether the file holds a head::
@@ -58,10 +61,12 @@ def _timm_model(encoder: nn.Module) -> nn.Module:
         return encoder.vit
     if isinstance(encoder, TimmEvaEncoder):
         return encoder.eva
-    if isinstance(encoder, (VisionTransformer, Eva)):
+    if isinstance(encoder, TimmHieraEncoder):
+        return encoder.hiera
+    if isinstance(encoder, (VisionTransformer, Eva, Hiera)):
         return encoder
     raise TypeError(
-        f"export_timm needs a timm VisionTransformer or Eva or its adapter, got "
+        f"export_timm needs a timm VisionTransformer, Eva or Hiera or its adapter, got "
         f"{type(encoder).__name__}; use export_hf for Hugging Face models"
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from timm.models.eva import Eva
+from timm.models.hiera import Hiera
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -12,11 +13,12 @@ from splathead.encoder import MaskedEncoder
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder
 from splathead.adapters.timm_eva import TimmEvaEncoder
+from splathead.adapters.timm_hiera import TimmHieraEncoder
 from splathead.adapters.timm_vit import TimmViTEncoder
 
 SUPPORTED = (
     "timm VisionTransformer (MAE, DeiT, DINO, DINOv2 with or without registers), "
-    "timm Eva (EVA02, DINOv3, RoPE ViTs), "
+    "timm Eva (EVA02, DINOv3, RoPE ViTs), timm Hiera (mask units as patches), "
     "transformers ViTMAEModel / ViTMAEForPreTraining, Dinov2Model, Dinov2WithRegistersModel, "
     "or any MaskedEncoder"
 )
@@ -35,6 +37,8 @@ def wrap(model: nn.Module) -> MaskedEncoder:
         return TimmViTEncoder(model)
     if isinstance(model, Eva):
         return TimmEvaEncoder(model)
+    if isinstance(model, Hiera):
+        return TimmHieraEncoder(model)
     # A Hugging Face model means transformers is already imported; never import it here.
     transformers = sys.modules.get("transformers")
     if transformers is not None:
