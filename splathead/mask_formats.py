@@ -51,12 +51,16 @@ def to_mae(
 
 @typecheck
 def from_lightly(
-    idx_keep: Int[Tensor, "b kp"], idx_mask: Int[Tensor, "b m"], *, num_prefix_tokens: int = 1
+    idx_keep: Int[Tensor, "b kp"], idx_mask: Int[Tensor, "b m"], *, num_prefix_tokens: int
 ) -> PatchMask:
     """From lightly's ``(idx_keep, idx_mask)`` as ``random_token_mask`` returns them.
 
     lightly indexes the whole token sequence, prefix tokens included (patch ``i`` is token
     ``i + num_prefix_tokens``), and keeps the prefix tokens at the front of ``idx_keep``.
+    ``num_prefix_tokens`` has no default: it is the model's (``vit.num_prefix_tokens``: 1 for a
+    cls token, 5 with four registers), and a wrong count would shift every patch. Indices that
+    hide a prefix token (lightly's ``random_token_mask`` spares only token 0, so it can hide
+    registers) raise ``ValueError``.
     """
     prefix = num_prefix_tokens
     if prefix < 0 or idx_keep.shape[1] <= prefix:
@@ -84,7 +88,7 @@ def from_lightly(
 
 @typecheck
 def to_lightly(
-    patch_mask: PatchMask, *, num_prefix_tokens: int = 1
+    patch_mask: PatchMask, *, num_prefix_tokens: int
 ) -> tuple[Int[Tensor, "b t"], Int[Tensor, "b m"]]:
     """lightly's ``(idx_keep [b prefix+k], idx_mask [b l-k])`` over the whole token sequence:
     prefix tokens first in ``idx_keep``, patch ``i`` shifted to ``i + num_prefix_tokens``."""

@@ -253,11 +253,11 @@ def test_lightly_random_token_mask_output_is_read_and_written_back(batch_size, l
         batch_size, length, ratio, torch.Generator().manual_seed(seed)
     )
 
-    patch_mask = from_lightly(idx_keep, idx_mask)
+    patch_mask = from_lightly(idx_keep, idx_mask, num_prefix_tokens=1)
 
     assert torch.equal(patch_mask.ids_keep, idx_keep[:, 1:] - 1)  # patch i is token i + 1
     assert patch_mask.num_patches == length - 1
-    written_keep, written_mask = to_lightly(patch_mask)
+    written_keep, written_mask = to_lightly(patch_mask, num_prefix_tokens=1)
     assert torch.equal(written_keep, idx_keep)
     assert torch.equal(written_mask, idx_mask)
 
@@ -267,7 +267,23 @@ def test_lightly_indices_masking_the_class_token_are_rejected():
     idx_mask = torch.tensor([[0, 3]])
 
     with pytest.raises(ValueError, match="must start with the num_prefix_tokens=1 prefix tokens"):
+        from_lightly(idx_keep, idx_mask, num_prefix_tokens=1)
+
+
+def test_lightly_indices_hiding_a_register_token_are_rejected():
+    # lightly's random_token_mask spares token 0 only; with four registers it can hide one
+    idx_keep = torch.tensor([[0, 1, 2, 4, 5, 7]])
+    idx_mask = torch.tensor([[3, 6, 8]])  # token 3 is a register
+    with pytest.raises(ValueError, match="idx_mask must not hold any prefix token"):
+        from_lightly(idx_keep, idx_mask, num_prefix_tokens=5)
+
+
+def test_lightly_conversions_need_the_models_prefix_count():
+    idx_keep, idx_mask = torch.tensor([[0, 2]]), torch.tensor([[1]])
+    with pytest.raises(TypeError, match="num_prefix_tokens"):
         from_lightly(idx_keep, idx_mask)
+    with pytest.raises(TypeError, match="num_prefix_tokens"):
+        to_lightly(from_lightly(idx_keep, idx_mask, num_prefix_tokens=1))
 
 
 def test_patch_mask_must_keep_at_least_one_patch():
