@@ -5,15 +5,17 @@ interface of MAE's ``models_mae.MaskedAutoencoderViT`` (written here from MAE's 
 algorithm; its ``random_masking`` returns MAE's float mask) standing in for ``models_mae``.
 """
 
+import argparse
 import re
 import sys
+import textwrap
 import types
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from timm.models.vision_transformer import Block, PatchEmbed
+from timm.models.vision_transformer import Block, PatchEmbed, VisionTransformer
 from torch import nn
 
 from splathead.decoder import GMAEDecoder
@@ -114,10 +116,28 @@ TINY_GMAE = dict(TINY, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=
 TINY_DECODER = dict(num_queries=16, backend="torch")
 
 
-def python_block(markdown: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", markdown, flags=re.DOTALL)
-    assert len(blocks) == 1, "drop_in.md should hold exactly one python block (the code)"
-    return blocks[0]
+def doc_block(language: str, containing: str) -> str:
+    """The one ``language`` block of drop_in.md holding ``containing``, dedented (blocks inside
+    list items are indented)."""
+    pattern = rf"^( *)```{language}\n(.*?)^\1```"
+    blocks = [textwrap.dedent(body) for _, body in
+              re.findall(pattern, DOC.read_text(), flags=re.DOTALL | re.MULTILINE)]
+    matching = [block for block in blocks if containing in block]
+    assert len(matching) == 1, f"drop_in.md should hold one {language} block with {containing!r}"
+    return matching[0]
+
+
+def diff_hunks(diff: str) -> list[str]:
+    """The new side of each hunk (hunks separated by ``...``) of a diff block, dedented."""
+    hunks = diff.split("...\n")
+    return [textwrap.dedent("".join(line[1:] + "\n" for line in hunk.splitlines()
+                                    if line[:1] in (" ", "+")))
+            for hunk in hunks]
+
+
+def run_block(source: str, namespace: dict) -> dict:
+    exec(compile(source, str(DOC), "exec"), namespace)
+    return namespace
 
 
 @pytest.fixture
@@ -127,7 +147,8 @@ def models_gmae(monkeypatch):
     models_mae.MaskedAutoencoderViT = MaskedAutoencoderViT
     monkeypatch.setitem(sys.modules, "models_mae", models_mae)
     module = types.ModuleType("models_gmae")
-    exec(compile(python_block(DOC.read_text()), str(DOC), "exec"), module.__dict__)
+    run_block(doc_block("python", "class GaussianMAE("), module.__dict__)
+    monkeypatch.setitem(sys.modules, "models_gmae", module)
     return module
 
 
@@ -319,3 +340,276 @@ def test_every_factory_passes_maes_keywords_on(models_gmae, name):
                                        norm_pix_loss=True, decoder_kwargs=dict(backend="torch"))
     assert model.norm_pix_loss is True and len(model.blocks) == 1
     assert model.gmae_decoder.query_decoder.dim == 16
+
+
+# --- main_pretrain.py's dispatch, as the doc's diff edits it ---------------------------------
+
+
+def test_main_pretrains_edited_dispatch_passes_input_size_and_norm_pix_loss(models_gmae):
+    hunks = diff_hunks(doc_block("diff", "models_gmae.__dict__"))
+    args = argparse.Namespace(model="mae_vit_tiny_patch4", input_size=16, norm_pix_loss=True)
+    namespace = {"args": args}
+    for hunk in hunks:
+        run_block(hunk, namespace)
+    model = namespace["model"]
+    assert namespace["models_gmae"] is models_gmae
+    assert model.gmae_decoder.img_size == (16, 16) and model.norm_pix_loss is True
+
+
+# --- resuming: MAE's misc.save_model / load_model ---------------------------------------------
+
+
+def mae_save_model(path, args, epoch, model, optimizer):
+    """``misc.save_model``'s checkpoint (no grad scaler on the CPU)."""
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "args": args}, path)
+
+
+def mae_load_model(path, args, model, optimizer):
+    """``misc.load_model`` with the doc's ``weights_only=False``: strict, then the optimiser."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    args.start_epoch = checkpoint["epoch"] + 1
+
+
+def tiny_gmae_and_optimizer(models_gmae):
+    torch.manual_seed(0)
+    model = models_gmae.GaussianMAE(**TINY_GMAE, decoder_kwargs=TINY_DECODER)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def mae_step(model, optimizer, images, seed):
+    torch.manual_seed(seed)  # MAE's masking draws from the global generator
+    loss, _, _ = model(images, mask_ratio=0.75)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_resuming_with_maes_load_model_continues_the_same_run(models_gmae, tmp_path):
+    images = normalised_images(2)
+    straight, straight_optimizer = tiny_gmae_and_optimizer(models_gmae)
+    mae_step(straight, straight_optimizer, images, seed=1)
+    mae_step(straight, straight_optimizer, images, seed=2)
+
+    first, first_optimizer = tiny_gmae_and_optimizer(models_gmae)
+    mae_step(first, first_optimizer, images, seed=1)
+    args = argparse.Namespace(input_size=32, model="mae_vit_tiny_patch4")
+    mae_save_model(tmp_path / "checkpoint-0.pth", args, 0, first, first_optimizer)
+    torch.manual_seed(7)  # a fresh model, initialised differently
+    resumed = models_gmae.GaussianMAE(**TINY_GMAE, decoder_kwargs=TINY_DECODER)
+    resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=1e-3)
+    mae_load_model(tmp_path / "checkpoint-0.pth", args, resumed, resumed_optimizer)
+    mae_step(resumed, resumed_optimizer, images, seed=2)
+
+    assert args.start_epoch == 1
+    for (name, value), resumed_value in zip(straight.state_dict().items(),
+                                            resumed.state_dict().values()):
+        torch.testing.assert_close(resumed_value, value, msg=name)
+
+
+# --- the notebook: prepare_model -----------------------------------------------------------
+
+
+def saved_pretraining(models_gmae, path, input_size):
+    """A GMAE trained a step at ``input_size``, saved as main_pretrain.py saves it."""
+    torch.manual_seed(0)
+    model = models_gmae.mae_vit_tiny_patch4(img_size=input_size,
+                                            decoder_kwargs=dict(backend="torch"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mae_step(model, optimizer, normalised_images(2, input_size), seed=1)
+    args = argparse.Namespace(input_size=input_size, model="mae_vit_tiny_patch4", blr=8e-3)
+    mae_save_model(path, args, 19, model, optimizer)
+    return model
+
+
+def test_prepare_model_builds_the_checkpoints_input_size_and_loads_strictly(models_gmae, tmp_path):
+    trained = saved_pretraining(models_gmae, tmp_path / "checkpoint-19.pth", input_size=16)
+    namespace = run_block(doc_block("python", "def prepare_model("), {})
+    model = namespace["prepare_model"](str(tmp_path / "checkpoint-19.pth"), "mae_vit_tiny_patch4")
+    assert model.gmae_decoder.img_size == (16, 16) and not model.training
+    images = normalised_images(1, 16)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        expected = trained.eval().forward_gaussians(images)[0].image
+        torch.manual_seed(3)
+        torch.testing.assert_close(model.forward_gaussians(images)[0].image, expected)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # strict: a wrong arch fails
+        namespace["prepare_model"](str(tmp_path / "checkpoint-19.pth"), "mae_vit_base_patch16")
+
+
+def test_maes_checkpoints_need_weights_only_false_or_the_namespace_allowed(models_gmae, tmp_path):
+    path = tmp_path / "checkpoint-19.pth"
+    saved_pretraining(models_gmae, path, input_size=16)
+    with pytest.raises(Exception, match="argparse.Namespace"):
+        torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert checkpoint["args"].input_size == 16
+
+
+# --- fine-tuning: MAE's models_vit and main_finetune.py on timm 1.x ----------------------------
+
+
+class MAEFineTuneViT(VisionTransformer):
+    """MAE's ``models_vit.VisionTransformer``: timm's ViT, MAE's own ``forward_features``
+    (global average pooling over the patches and ``fc_norm``, or the normed cls token)."""
+
+    def __init__(self, global_pool=False, **kwargs):
+        super().__init__(**kwargs)
+        self.global_pool = global_pool
+        if self.global_pool:
+            self.fc_norm = kwargs["norm_layer"](kwargs["embed_dim"])
+            del self.norm
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:].mean(dim=1))
+        return self.norm(x)[:, 0]
+
+
+FINETUNE_ENCODER = dict(patch_size=16, embed_dim=64, depth=1, num_heads=2)
+
+
+def saved_finetune_pretraining(models_gmae, path, input_size):
+    """A small GMAE (MAE's ViT-B/16 factory, shrunk) trained a step and saved by main_pretrain."""
+    torch.manual_seed(0)
+    model = models_gmae.mae_vit_base_patch16(
+        img_size=input_size, **FINETUNE_ENCODER, decoder_embed_dim=32, decoder_depth=1,
+        decoder_num_heads=2, decoder_kwargs=dict(num_queries=8, backend="torch"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mae_step(model, optimizer, normalised_images(2, input_size), seed=1)
+    mae_save_model(path, argparse.Namespace(input_size=input_size), 19, model, optimizer)
+    return model
+
+
+def models_vit_module(with_doc_edit):
+    """``models_vit`` with a factory for the encoder of :func:`saved_finetune_pretraining`;
+    with the doc's edit the class gets the doc's ``forward``."""
+    cls = MAEFineTuneViT
+    if with_doc_edit:
+        edit = run_block(doc_block("python", "def forward(self, x):"), {})
+        cls = type("VisionTransformer", (MAEFineTuneViT,), {"forward": edit["forward"]})
+    module = types.ModuleType("models_vit")
+    module.VisionTransformer = cls
+    module.vit_small_test = lambda **kwargs: cls(
+        **FINETUNE_ENCODER, mlp_ratio=4, qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+    return module
+
+
+def finetune_args(input_size, path):
+    return argparse.Namespace(model="vit_small_test", input_size=input_size, nb_classes=5,
+                              drop_path=0.1, global_pool=True, finetune=str(path))
+
+
+def load_as_main_finetune_does(models_vit, args):
+    """main_finetune.py's model set-up after the doc's edits (the diff's new lines, run as
+    written), then its loading: drop a mismatched head, load non-strictly, check what is
+    missing."""
+    namespace = {"models_vit": models_vit, "args": args, "torch": torch}
+    model_lines, load_line = diff_hunks(doc_block("diff", "models_vit.__dict__"))
+    run_block(model_lines, namespace)
+    run_block(load_line, namespace)
+    model, checkpoint_model = namespace["model"], namespace["checkpoint"]["model"]
+    message = model.load_state_dict(checkpoint_model, strict=False)
+    assert set(message.missing_keys) == {"head.weight", "head.bias", "fc_norm.weight",
+                                         "fc_norm.bias"}
+    assert all(key.startswith(("gmae_decoder.", "norm.")) for key in message.unexpected_keys)
+    return model
+
+
+@pytest.mark.parametrize("input_size", [224, 112])
+def test_fine_tuning_a_gmae_checkpoint_with_maes_script_after_the_doc_edits(
+    models_gmae, tmp_path, input_size
+):
+    path = tmp_path / "checkpoint-19.pth"
+    pretrained = saved_finetune_pretraining(models_gmae, path, input_size)
+    model = load_as_main_finetune_does(models_vit_module(with_doc_edit=True),
+                                       finetune_args(input_size, path))
+    for name, value in pretrained.state_dict().items():
+        if name.startswith(("blocks.", "patch_embed.", "cls_token", "pos_embed")):
+            assert torch.equal(model.state_dict()[name], value), name
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    samples = normalised_images(2, input_size)
+    outputs = model(samples)  # engine_finetune's step
+    loss = nn.functional.cross_entropy(outputs, torch.tensor([0, 3]))
+    loss.backward()
+    optimizer.step()
+    assert outputs.shape == (2, 5) and torch.isfinite(loss)
+
+
+def test_without_the_forward_edit_timm_1_stops_maes_fine_tuning(models_gmae, tmp_path):
+    path = tmp_path / "checkpoint-19.pth"
+    saved_finetune_pretraining(models_gmae, path, 32)
+    model = load_as_main_finetune_does(models_vit_module(with_doc_edit=False),
+                                       finetune_args(32, path))
+    with pytest.raises((TypeError, AssertionError, ValueError),
+                       match="attn_mask|Unknown pool type True"):
+        model(normalised_images(2, 32))
+
+
+# --- lightly -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lightly_block(monkeypatch):
+    """The doc's lightly block, run on top of our lightly stand-in."""
+    import lightly_like
+
+    modules = {name: types.ModuleType(name) for name in
+               ("lightly", "lightly.models", "lightly.models.modules")}
+    modules["lightly.models.modules"].MaskedVisionTransformerTIMM = (
+        lightly_like.MaskedVisionTransformerTIMM)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return run_block(doc_block("python", "class LightlyGMAE("), {})
+
+
+def test_lightly_model_with_registers_never_hides_a_prefix_token_and_trains(lightly_block):
+    import timm
+
+    from splathead.adapters import wrap
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28,
+                            depth=1, embed_dim=32, num_heads=2, init_values=1.0)
+    model = lightly_block["LightlyGMAE"](vit, dim=32, depth=1, num_heads=2, num_queries=8,
+                                         backend="torch")
+    assert model.num_prefix_tokens == 5
+    images, target = normalised_images(2, 28), torch.rand(2, 3, 28, 28)
+    torch.manual_seed(1)
+    loss, output = model(images, target)
+    loss.backward()
+    assert torch.isfinite(loss) and output.image.shape == (2, 3, 28, 28)
+    assert vit.reg_token.grad.abs().sum() > 0  # the registers were encoded, never hidden
+    # the tokens the decoder read are the adapter's for the same visible patches
+    torch.manual_seed(1)
+    mask = model.masking(2, 4)
+    idx_keep, _ = lightly_block["to_lightly"](mask, num_prefix_tokens=5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone.encode(images, idx_keep=idx_keep),
+                                   wrap(vit)(images, mask.ids_keep))
+
+
+def test_lightlys_own_token_mask_reads_for_a_cls_only_model_and_is_refused_with_registers():
+    from lightly_like import random_token_mask
+
+    from splathead.mask_formats import from_lightly
+
+    idx_keep, idx_mask = random_token_mask(4, 1 + 16, 0.75, torch.Generator().manual_seed(0))
+    assert from_lightly(idx_keep, idx_mask, num_prefix_tokens=1).num_patches == 16
+    hides_a_register = None
+    for seed in range(100):
+        idx_keep, idx_mask = random_token_mask(1, 5 + 16, 0.5, torch.Generator().manual_seed(seed))
+        if (idx_mask < 5).any():
+            hides_a_register = (idx_keep, idx_mask)
+            break
+    assert hides_a_register is not None
+    with pytest.raises(ValueError, match="must not hold any prefix token"):
+        from_lightly(*hides_a_register, num_prefix_tokens=5)

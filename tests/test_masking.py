@@ -5,6 +5,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from lightly_like import random_token_mask
 from splathead.mask_formats import from_lightly, from_mae, to_lightly, to_mae
 from splathead.masking import (
     PatchMask,
@@ -35,16 +36,6 @@ def mae_decoder_unshuffle(tokens, ids_restore, mask_token):
     joined = torch.cat([tokens, mask_tokens], dim=1)
     index = ids_restore.unsqueeze(-1).repeat(1, 1, tokens.shape[2])
     return torch.gather(joined, dim=1, index=index)
-
-
-def lightly_random_token_mask(batch_size, sequence_length, mask_ratio, generator):
-    """lightly 1.5's ``random_token_mask`` with the class token (index 0) never masked."""
-    num_keep = int(sequence_length * (1 - mask_ratio))
-    noise = torch.rand(batch_size, sequence_length, generator=generator)
-    noise[:, 0] = -1
-    num_keep = max(1, num_keep)
-    indices = torch.argsort(noise, dim=1)
-    return indices[:, :num_keep], indices[:, num_keep:]
 
 
 @st.composite
@@ -249,7 +240,7 @@ def test_lightly_indices_round_trip(settings, num_prefix_tokens):
 @given(st.integers(1, 4), st.integers(2, 50), st.floats(0, 0.95), st.integers(0, 2**31 - 1))
 def test_lightly_random_token_mask_output_is_read_and_written_back(batch_size, length, ratio, seed):
     assume(int(length * (1 - ratio)) >= 2)  # lightly's count includes the class token
-    idx_keep, idx_mask = lightly_random_token_mask(
+    idx_keep, idx_mask = random_token_mask(
         batch_size, length, ratio, torch.Generator().manual_seed(seed)
     )
 
