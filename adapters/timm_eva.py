@@ -110,6 +110,11 @@ class TimmEvaEncoder(nn.Module):
     def in_chans(self) -> int:
         return self.eva.patch_embed.proj.in_channels
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The model's transformer blocks, in order."""
+        return self.eva.blocks
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(gh, gw)`` for ``height x width`` images (``timm_grid_size``)."""
         return timm_grid_size(self.eva.patch_embed, self.eva.dynamic_img_size, height, width)

@@ -76,6 +76,12 @@ class TimmHieraEncoder(nn.Module):
     def in_chans(self) -> int:
         return self.hiera.patch_embed.proj.in_channels
 
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """Hiera's blocks, in order, over all four stages (widths and token counts change at
+        each stage)."""
+        return self.hiera.blocks
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """The mask-unit grid ``mask_spatial_shape``; only the size Hiera was built for."""
         stride = self.hiera.patch_stride
