@@ -38,7 +38,7 @@ from splathead.factories import (
     gmae_vit_large_patch16,
     gmae_vit_tiny,
 )
-from splathead.gaussians import Gaussians
+from splathead.gaussians import Gaussians, InvalidGaussiansError
 from splathead.head import GaussianHead
 from splathead.losses import masked_patch_mse
 from splathead.model import GMAE
@@ -55,6 +55,7 @@ __all__ = [
     "GMAEDecoder",
     "GaussianHead",
     "Gaussians",
+    "InvalidGaussiansError",
     "MaskedEncoder",
     "SplatRenderer",
     "export_ply",

@@ -1,14 +1,17 @@
-"""`host_scalars`: several 0-dim tensors (check flags, counts) read with one device sync."""
+"""Argument checks shared by the library: each raises naming the argument, what it holds and
+what is expected; `host_scalars` reads several 0-dim tensors (check flags, counts) in one sync."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 
 import torch
 
 from splathead.typing import Tensor
 
-__all__ = ["host_scalars"]
+__all__ = ["host_scalars", "require_finite", "require_positive_finite", "require_positive_int"]
 
 
 def host_scalars(scalars: Mapping[str, Tensor]) -> dict[str, bool | int | float]:
@@ -17,3 +20,35 @@ def host_scalars(scalars: Mapping[str, Tensor]) -> dict[str, bool | int | float]
     (bool < int < float), so a flag may come back as ``1`` or ``1.0``: test its truth."""
     values = torch.stack([value.reshape(()) for value in scalars.values()]).tolist()
     return dict(zip(scalars, values))
+
+
+def require_positive_int(owner: str, **values: object) -> None:
+    """Raise ``TypeError`` / ``ValueError`` naming the first of ``values`` that is not an
+    integer >= 1 (``bool`` is refused: ``True`` is no count). ``owner`` names the caller."""
+    for name, value in values.items():
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise TypeError(f"{owner}: {name} must be an int >= 1, got {name}={value!r} "
+                            f"({type(value).__name__})")
+        if value < 1:
+            raise ValueError(f"{owner}: {name} must be an int >= 1, got {name}={value!r}")
+
+
+def require_positive_finite(owner: str, **values: object) -> None:
+    """Raise ``TypeError`` / ``ValueError`` naming the first of ``values`` that is not a finite
+    real number > 0. ``owner`` names the caller."""
+    for name, value in values.items():
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{owner}: {name} must be a finite number > 0, got {name}={value!r} "
+                            f"({type(value).__name__})")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{owner}: {name} must be a finite number > 0, got {name}={value!r}")
+
+
+def require_finite(**tensors: Tensor) -> None:
+    """Raise ``ValueError`` naming the first tensor that holds NaN or Inf, with how many of its
+    values do (one device-to-host sync for all)."""
+    bad = host_scalars({name: (~torch.isfinite(t)).sum() for name, t in tensors.items()})
+    for name, count in bad.items():
+        if count:
+            raise ValueError(f"{name} holds NaN or Inf ({int(count)} of "
+                             f"{tensors[name].numel()} values); expected finite values")

@@ -18,6 +18,7 @@ from splathead.adapters import TimmViTEncoder, wrap
 from splathead.decoder import DecoderSettings
 from splathead.initialization import init_vit_like_mae
 from splathead.model import GMAE, Loss
+from splathead.patches import as_pair, patch_grid
 from splathead.typing import typecheck
 
 __all__ = [
@@ -63,6 +64,8 @@ def build_vit_encoder(
     ``vit_kwargs`` go to timm's ``VisionTransformer`` (e.g. ``drop_path_rate``, ``mlp_ratio``);
     the ViT is ``encoder.vit``.
     """
+    # Before timm builds a ViT with an empty patch grid (its error names neither setting).
+    patch_grid(*as_pair("img_size", img_size), as_pair("patch_size", patch_size), name="img_size")
     vit = VisionTransformer(
         img_size=img_size,
         patch_size=patch_size,

@@ -14,6 +14,10 @@ from splathead.typing import Bool, Float, Int, Tensor, typecheck
 _FIELDS = ("means", "scales", "quats", "colors", "opacities")
 
 
+class InvalidGaussiansError(ValueError):
+    """:meth:`Gaussians.validate` found a non-finite or out-of-range value."""
+
+
 @typecheck
 @dataclass(frozen=True)
 class Gaussians:
@@ -72,7 +76,8 @@ class Gaussians:
         return self.means.dtype
 
     def validate(self) -> Gaussians:
-        """Raise ``ValueError`` naming the first field with a non-finite or out-of-range value.
+        """Raise :class:`InvalidGaussiansError` (a ``ValueError``) naming every field with a
+        non-finite or out-of-range value.
 
         Costs one small reduction per field and a single device-to-host sync. Returns ``self``.
         """
@@ -86,7 +91,7 @@ class Gaussians:
         ).any()
         failed = [message for message, flag in host_scalars(problems).items() if flag]
         if failed:
-            raise ValueError("invalid Gaussians: " + "; ".join(failed))
+            raise InvalidGaussiansError("invalid Gaussians: " + "; ".join(failed))
         return self
 
     def replace(self, **fields: Tensor) -> Gaussians:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from splathead.checks import require_positive_finite, require_positive_int
 from splathead.gaussians import Gaussians
 from splathead.typing import Float, Tensor, typecheck
 
@@ -93,17 +94,9 @@ class GaussianHead(nn.Module):
         init: HeadInit = "xavier",
     ) -> None:
         super().__init__()
-        if in_dim < 1 or num_channels < 1 or gaussians_per_token < 1:
-            raise ValueError(
-                f"GaussianHead needs in_dim, num_channels and gaussians_per_token >= 1, got "
-                f"in_dim={in_dim}, num_channels={num_channels}, "
-                f"gaussians_per_token={gaussians_per_token}"
-            )
-        if not max_scale > 0 or not center_range > 0:
-            raise ValueError(
-                f"GaussianHead needs max_scale > 0 and center_range > 0, got {max_scale}, "
-                f"{center_range}"
-            )
+        require_positive_int("GaussianHead", in_dim=in_dim, num_channels=num_channels,
+                             gaussians_per_token=gaussians_per_token)
+        require_positive_finite("GaussianHead", max_scale=max_scale, center_range=center_range)
         if rotation not in ("shoemake", "quaternion"):
             raise ValueError(f"rotation must be 'shoemake' or 'quaternion', got {rotation!r}")
         if init not in ("xavier", "torch"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from splathead.checks import host_scalars
+from splathead.checks import host_scalars, require_finite
 from splathead.indexing import batched_gather
 from splathead.typing import Bool, Float, Int, Tensor, typecheck
 
@@ -210,7 +210,11 @@ class RandomMasking:
 
     @typecheck
     def from_noise(self, noise: Float[Tensor, "b l"]) -> PatchMask:
-        """The mask MAE draws for ``noise [b l]``: the ``k`` lowest-noise patches stay visible."""
+        """The mask MAE draws for ``noise [b l]``: the ``k`` lowest-noise patches stay visible.
+
+        Raises ``ValueError`` when ``noise`` holds NaN or Inf (sorting would silently decide).
+        """
+        require_finite(noise=noise)
         num_kept = self.num_kept(noise.shape[1])
         ids_shuffle = torch.argsort(noise, dim=1)
         return PatchMask(

@@ -15,6 +15,7 @@ from torch import nn
 
 from splathead.camera import Camera
 from splathead.decoder import DecoderOutput, DecoderSettings, GMAEDecoder
+from splathead.checks import require_finite
 from splathead.encoder import MaskedEncoder
 from splathead.gaussians import Gaussians
 from splathead.losses import image_mse, masked_patch_mse
@@ -43,7 +44,9 @@ class GMAE(nn.Module):
 
     Takes images normalised with ``mean`` / ``std`` (ImageNet's by default), as the encoder
     expects them; the render and the loss target are in [0, 1] RGB (the input de-normalised,
-    clamped against rounding). The stable split of the forward pass, for downstream code:
+    clamped against rounding). Images are checked before any work: channels, size, the
+    encoder's dtype and, while the renderer checks its inputs (``check_inputs``, one device sync),
+    finite values. The stable split of the forward pass, for downstream code:
     :meth:`encode` (visible patches to tokens), :meth:`decode` (tokens to Gaussians),
     :meth:`render` (Gaussians to image); :meth:`reconstruct` runs them under a seeded mask (the
     training ratio by default) or none.
@@ -315,6 +318,13 @@ class GMAE(nn.Module):
         return mask
 
     def _check_images(self, images: Tensor) -> None:
+        weight = next(self.encoder.parameters(), None)
+        if weight is not None and images.dtype != weight.dtype:
+            raise TypeError(
+                f"images has dtype {images.dtype}, expected {weight.dtype} (the encoder's "
+                f"weights): pass images.to({weight.dtype}); for mixed precision keep both in "
+                "float32 and run under torch.autocast"
+            )
         channels, height, width = images.shape[1:]
         if channels != self.mean.shape[0]:
             raise ValueError(
@@ -325,6 +335,9 @@ class GMAE(nn.Module):
                 f"images are {height}x{width} pixels, but this GMAE renders "
                 f"{self.img_size[0]}x{self.img_size[1]} (the decoder's img_size)"
             )
+        if self.decoder.renderer.check_inputs:
+            # Here, not left to the render: NaN in a hidden patch reaches only the loss target.
+            require_finite(images=images)
 
     def extra_repr(self) -> str:
         return (

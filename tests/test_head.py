@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -199,6 +200,28 @@ def test_every_gaussians_rows_start_with_the_one_gaussian_heads_xavier_bound():
 def test_head_rejects_zero_gaussians_per_token():
     with pytest.raises(ValueError, match="gaussians_per_token=0"):
         GaussianHead(16, gaussians_per_token=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "named"),
+    [
+        (dict(in_dim=16.5), TypeError, "in_dim=16.5"),
+        (dict(in_dim=16, gaussians_per_token=2.5), TypeError, "gaussians_per_token=2.5"),
+        (dict(in_dim=16, num_channels=True), TypeError, "num_channels=True"),
+        (dict(in_dim=0), ValueError, "in_dim=0"),
+        (dict(in_dim=16, max_scale=math.inf), ValueError, "max_scale=inf"),
+        (dict(in_dim=16, max_scale=math.nan), ValueError, "max_scale=nan"),
+        (dict(in_dim=16, max_scale=-0.1), ValueError, "max_scale=-0.1"),
+        (dict(in_dim=16, center_range=math.inf), ValueError, "center_range=inf"),
+    ],
+)
+def test_head_refuses_a_bad_setting_by_name_before_building_the_linear(kwargs, error, named):
+    with pytest.raises(error, match=rf"^GaussianHead: .*got {re.escape(named)}"):
+        GaussianHead(**kwargs)
+
+
+def test_head_takes_an_int_max_scale():
+    assert GaussianHead(16, max_scale=1).max_scale == 1
 
 
 def test_multi_gaussian_head_checks_token_shapes():

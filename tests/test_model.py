@@ -222,6 +222,50 @@ def test_images_without_batch_dimension_are_rejected():
         tiny()(torch.randn(3, IMG_SIZE, IMG_SIZE))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_images_of_another_dtype_than_the_encoder_are_named_before_any_work(dtype):
+    with pytest.raises(TypeError, match=rf"images has dtype {dtype}, expected torch.float32"):
+        tiny()(normalised_images().to(dtype))
+    with pytest.raises(TypeError, match="images has dtype"):
+        tiny().reconstruct(normalised_images().to(dtype))
+
+
+def test_images_in_the_encoders_own_dtype_are_taken():
+    model = tiny().double()
+    assert model(normalised_images().double()).loss.dtype == torch.float64
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_images_are_named_as_the_images_not_as_invalid_gaussians(bad):
+    images = normalised_images()
+    images[1, 0, 3, 5] = bad
+    with pytest.raises(ValueError, match=r"^images holds NaN or Inf \(1 of 6144 values\)"):
+        tiny()(images)
+    with pytest.raises(ValueError, match=r"^images holds NaN or Inf"):
+        tiny().reconstruct(images)
+
+
+def test_invalid_gaussians_from_finite_images_still_name_the_gaussians():
+    model = tiny()
+    with torch.no_grad():
+        model.decoder.head.proj.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="invalid Gaussians"):
+        model(normalised_images())
+
+
+def test_non_finite_noise_is_rejected_by_name():
+    noise = torch.rand(2, NUM_PATCHES)
+    noise[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="noise holds NaN"):
+        tiny()(normalised_images(), noise=noise)
+
+
+@pytest.mark.parametrize("img_size", [4, 12])
+def test_factory_names_an_image_size_the_patch_does_not_divide(img_size):
+    with pytest.raises(ValueError, match=rf"img_size is {img_size}x{img_size} .* 8x8 patch size"):
+        gmae_vit_tiny(img_size=img_size)
+
+
 def test_decoder_with_another_patch_size_is_rejected():
     with pytest.raises(ValueError, match="patch_size"):
         GMAE(TimmViTEncoder(small_vit()), decoder_for(patch_size=4))
