@@ -21,7 +21,8 @@ The parts, lowest layer first (each module imports only from the layers above it
   :func:`gmae_vit_huge_patch14`, :func:`gmae_vit_tiny`, and a named model's encoder alone:
   :func:`gmae_encoder` (:mod:`splathead.factories`)
 - analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.viz`,
-  :func:`export_ply` (Gaussians for 3D Gaussian-splatting viewers)
+  :func:`export_ply` (Gaussians for 3D Gaussian-splatting viewers), :mod:`splathead.health`
+  (:func:`gaussian_health`: border, invisible and coverage shares; :func:`collapse_warning`)
 - evaluation: :mod:`splathead.metrics` (PSNR, SSIM; needs torchmetrics, so not imported here),
   :mod:`splathead.probes` (online linear probes)
 """
@@ -40,6 +41,7 @@ from splathead.factories import (
 )
 from splathead.gaussians import Gaussians, InvalidGaussiansError
 from splathead.head import GaussianHead
+from splathead.health import gaussian_health
 from splathead.losses import masked_patch_mse
 from splathead.model import GMAE
 from splathead.ply import export_ply
@@ -59,6 +61,7 @@ __all__ = [
     "MaskedEncoder",
     "SplatRenderer",
     "export_ply",
+    "gaussian_health",
     "gmae_encoder",
     "gmae_vit_base_patch16",
     "gmae_vit_huge_patch14",

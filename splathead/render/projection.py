@@ -194,6 +194,13 @@ def _pinhole_jacobian(
     return [fx / z, zero, -fx * tx / z**2, zero, fy / z, -fy * ty / z**2]
 
 
+@typecheck
+def centre_pixels(means: Float[Tensor, "b n 3"], camera: Camera) -> Float[Tensor, "b n 2"]:
+    """Pixel coordinates ``(x right, y down)`` of each centre under ``camera``; pinhole centres
+    outside ``[near, far]`` are divided by depth 1 instead (they are culled when rendered)."""
+    return _project_centres(means, camera).means2d
+
+
 @torch.no_grad()
 def _scale_caps(quats: Tensor, camera: Camera, screen: _ScreenProjection) -> Tensor:
     """Per-axis scale caps ``[b n 3]`` (see the module docstring, "Huge Gaussians")."""
