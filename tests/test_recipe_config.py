@@ -15,7 +15,8 @@ from splathead.head import GaussianHead
 from splathead_recipes.config import (
     PRESETS, Config, ConfigError, load_config, parse_config, validate)
 from splathead_recipes.models import build_model
-from splathead_recipes.optim import learning_rate, param_groups, per_epoch_learning_rate
+from splathead_recipes.optim import (
+    build_optimizer, learning_rate, param_groups, per_epoch_learning_rate)
 
 
 def check(config: Config, world_size: int = 1, *, cuda: bool = False) -> None:
@@ -144,6 +145,27 @@ def test_weight_decay_skips_biases_norms_tokens_and_embeddings_of_the_gmae():
     assert {names[id(p)] for p in no_decay["params"]} == undecayed
     assert {names[id(p)] for p in decay["params"]} == {
         name for name, p in model.named_parameters() if p.requires_grad} - undecayed
+
+
+def test_the_recipes_adamw_decays_the_weight_matrices_only():
+    """The optimiser the recipe builds, stepped on zero gradients: Adam's step is 0, so only
+    AdamW's decay moves a parameter, by exactly ``lr * weight_decay`` of it."""
+    model = gmae_vit_tiny(img_size=32, num_queries=8)
+    config = dataclasses.replace(PRESETS["demo"], weight_decay=0.05)
+    optimizer = build_optimizer(model, config, fused=False)
+    assert optimizer.defaults["betas"] == config.betas
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    shrink = 1 - config.learning_rate * 0.05
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.ndim <= 1 or name.endswith(("token", "_embed")):
+            assert torch.equal(parameter, before[name]), f"{name} was decayed"
+        else:
+            torch.testing.assert_close(parameter, before[name] * shrink, msg=name)
 
 
 def test_schedule_agrees_with_timms_cosine_scheduler_to_rounding():

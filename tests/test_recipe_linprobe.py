@@ -50,6 +50,26 @@ def test_only_the_head_gets_gradients(tiny_task):
         assert torch.equal(p, before[name]) != (name in trainable), name
 
 
+def test_one_lars_step_trust_scales_the_weight_and_moves_the_bias_by_plain_sgd(tiny_task):
+    """MAE's LARS: the weight matrix steps by ``lr * 0.001 |w| / |g| * g`` (trust ratio), the
+    bias (1-D, left out of the adaptation) by ``lr * g``. The bias starts non-zero: timm's
+    trust ratio is 1 for a zero parameter, which would hide an adapted bias."""
+    config = recipe.parse_linprobe(flags(tiny_task, "unused"))
+    probe = recipe.build_probe(config, num_classes=4)
+    linear = probe.head[1]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        linear.bias.copy_(torch.randn(4, generator=generator))
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    linear.weight.grad = torch.randn(weight.shape, generator=generator)
+    linear.bias.grad = 10 * torch.randn(4, generator=generator)
+    recipe.build_lars(probe, config).step()
+    lr = config.learning_rate
+    trust = 0.001 * weight.norm() / linear.weight.grad.norm()
+    torch.testing.assert_close(linear.weight.detach(), weight - lr * trust * linear.weight.grad)
+    torch.testing.assert_close(linear.bias.detach(), bias - lr * linear.bias.grad)
+
+
 def test_resume_is_bit_exact(tiny_task, tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert recipe.main(flags(tiny_task, straight, "--checkpoint", "none")) == 0

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from splathead_recipes import distributed
 from splathead_recipes.config import PRESETS
 from splathead_recipes.data import Batch, build_dataset, build_loader
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.eval_step import evaluate
 from splathead_recipes.loop import fit
 from splathead_recipes.train_step import TrainStep
+from test_recipe_classify_ddp import _free_port
 
 CPU = Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -35,21 +39,76 @@ def batches(images: torch.Tensor, labels: torch.Tensor, size: int) -> list[Batch
             for i in range(0, len(images), size)]
 
 
-def train_one_step(micro_batch: int, accum_steps: int) -> nn.Module:
+def train_one_step(micro_batch: int, accum_steps: int, *, rank: int = 0,
+                   world_size: int = 1) -> nn.Module:
+    """One plain-SGD step (a gradient scale shows in the update) on 8 images, of which this
+    rank takes its contiguous share; a DDP-wrapped model when ``world_size > 1``."""
     images = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(8) % 5
+    share = slice(rank * 8 // world_size, (rank + 1) * 8 // world_size)
     model = classifier()
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), forward=cross_entropy,
+    wrapped = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    step = TrainStep(wrapped, torch.optim.SGD(model.parameters(), lr=0.1), forward=cross_entropy,
                      accum_steps=accum_steps, clip_grad=0, precision="fp32", device=CPU.device)
-    result = step(iter(batches(images, labels, micro_batch)), stop_requested=False)
+    result = step(iter(batches(images[share], labels[share], micro_batch)), stop_requested=False)
     assert not result.non_finite and not result.stop
     return model
+
+
+def _ddp_rank(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    distributed.setup("cpu", "gloo")
+    try:
+        model = train_one_step(2, 2, rank=rank, world_size=2)
+        results.put((rank, [p.detach().tolist() for p in model.parameters()]))  # no shared memory
+    finally:
+        distributed.teardown()
 
 
 def test_accumulated_micro_batches_step_like_one_whole_batch():
     whole, accumulated = train_one_step(8, 1), train_one_step(4, 2)
     for expected, actual in zip(whole.parameters(), accumulated.parameters()):
         torch.testing.assert_close(actual, expected)
+
+
+def test_clipping_bounds_the_update_of_a_finite_gradient():
+    """SGD with lr 1 moves the parameters by exactly the clipped gradient: norm 0.5, not the
+    raw gradient's (clipping after the optimiser's step would let the whole gradient through)."""
+    model = classifier()
+    before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=1.0),
+                     forward=lambda m, b: (100 * m(b.images).square().mean(), None),
+                     accum_steps=1, clip_grad=0.5, precision="fp32", device=CPU.device)
+    result = step(iter(batches(torch.randn(4, 3, 4, 4), torch.zeros(4, dtype=torch.long), 4)),
+                  stop_requested=False)
+    assert result.grad_norm > 5  # the gradient was well above the clip
+    update = torch.nn.utils.parameters_to_vector(model.parameters()).detach() - before
+    assert update.norm().item() == pytest.approx(0.5, rel=1e-5)
+
+
+def test_two_ddp_ranks_step_like_one_process_on_the_whole_batch():
+    """2 gloo ranks x 2 micro-batches of 2 against one process's 2 micro-batches of 4: DDP
+    averages the ranks' gradients, so dividing the loss by the world size as well would halve
+    the SGD step."""
+    single = train_one_step(4, 2)
+    context = multiprocessing.get_context("spawn")
+    results, port = context.Queue(), _free_port()
+    ranks = [context.Process(target=_ddp_rank, args=(rank, port, results), daemon=True)
+             for rank in range(2)]
+    for process in ranks:
+        process.start()
+    try:
+        parameters = dict(results.get(timeout=120) for _ in ranks)
+        for process in ranks:
+            process.join(timeout=60)
+            assert process.exitcode == 0
+    finally:  # a failed or stuck rank never outlives the test
+        for process in ranks:
+            process.kill()
+    for rank in range(2):
+        for expected, actual in zip(single.parameters(), parameters[rank]):
+            torch.testing.assert_close(torch.tensor(actual), expected.detach())
 
 
 def test_a_non_finite_loss_is_reported_and_not_stepped_on():
