@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,6 +104,31 @@ def test_non_finite_loss_stops_with_the_step_and_writes_no_checkpoint(tmp_path, 
     assert run(tmp_path, "--epochs", "3", "--checkpoint-every", "1") == 1
     assert "non-finite loss or gradient at step 2" in caplog.text
     assert checkpoints(tmp_path) == ["checkpoint-00000001.pt", "checkpoint-00000002.pt"]
+
+
+def test_a_full_disk_ends_the_run_with_exit_1_naming_the_file_and_keeps_the_checkpoints(
+        tmp_path, monkeypatch, caplog):
+    """torch.save's own error on a full disk at the third checkpoint: exit 1 naming the file
+    and the free space, no temporary file; after space is freed the run resumes bit-exact."""
+    save, saves = torch.save, []
+
+    def fills_the_disk(state, handle, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 3:
+            handle.write(bytes(100))
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+        return save(state, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    assert run(tmp_path / "full", "--epochs", "3", "--checkpoint-every", "1") == 1
+    assert re.search(r"could not write \S+/checkpoint-00000003\.pt: .* MiB free", caplog.text)
+    assert checkpoints(tmp_path / "full") == ["checkpoint-00000001.pt", "checkpoint-00000002.pt"]
+    assert not [path for path in (tmp_path / "full").iterdir() if path.suffix == ".tmp"]
+    monkeypatch.setattr(torch, "save", save)
+    assert run(tmp_path / "full", "--epochs", "3", "--checkpoint-every", "1",
+               "--resume", "auto") == 0
+    assert run(tmp_path / "straight", "--epochs", "3", "--checkpoint-every", "1") == 0
+    assert losses(tmp_path / "full") == losses(tmp_path / "straight")
 
 
 def test_bad_config_fails_before_training_with_the_flag_to_change(tmp_path, capsys):

@@ -14,9 +14,11 @@ import os
 import pickle
 import random
 import re
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
@@ -75,27 +77,45 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+class WriteError(RuntimeError):
+    """A file that could not be written (a full disk, most often); the message names the file
+    and the free space left where it was going. What was there before is unchanged."""
+
+
+@contextmanager
+def _replaced_atomically(path: Path, mode: str) -> Iterator[IO]:
+    """A handle on a temporary file beside ``path`` that replaces ``path`` once complete.
+
+    On any failure the temporary file is removed and ``path`` stays as it was; the error comes
+    back as :class:`WriteError` naming ``path`` and the free space (``torch.save`` on a full
+    disk raises a ``RuntimeError`` that names neither).
+    """
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except Exception as error:
+        temporary.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise WriteError(f"could not write {path}: {error}; {free / 2**20:.1f} MiB free on its "
+                         f"filesystem (the previous file, if any, is unchanged)") from error
+    _fsync_directory(path.parent)
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` so that ``path`` is either the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
+    with _replaced_atomically(path, "wb") as handle:
         torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
 
 
 def write_text_atomic(text: str, path: Path) -> None:
     """Replace ``path``'s contents by ``text`` so that a crash leaves the old or the new file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
+    with _replaced_atomically(path, "w") as handle:
         handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
 
 
 def step_of(path: Path) -> int:

@@ -26,7 +26,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from splathead_recipes import checkpoint, distributed
 from splathead_recipes.checkpoint import (
-    Checkpointer, CheckpointError, NonFiniteError, Stateful, newest_name, seed_everything)
+    Checkpointer, CheckpointError, NonFiniteError, Stateful, WriteError, newest_name,
+    seed_everything)
 from splathead_recipes.cli import ConfigError
 from splathead_recipes.data import ResumableSampler, stop_workers
 from splathead_recipes.distributed import Runtime
@@ -267,8 +268,9 @@ def run_recipe(config: Any, *, validate: Callable[..., None],
     ``config.backend``), torn down on every path.
 
     Returns the exit status: 0 done (or checkpointed on a signal), 1 failed in training (a
-    non-finite value), 2 a setting or checkpoint that cannot work, found before any training
-    step (in validation, or once data, model or checkpoint load).
+    non-finite value, a file that could not be written), 2 a setting or checkpoint that cannot
+    work, found before any training step (in validation, or once data, model or checkpoint
+    load).
     """
     try:
         validate(config, world_size=distributed.world_size_from_env(),
@@ -280,7 +282,7 @@ def run_recipe(config: Any, *, validate: Callable[..., None],
     setup_logging(runtime.is_main)
     try:
         return train(config, runtime)
-    except NonFiniteError as error:
+    except (NonFiniteError, WriteError) as error:
         log.error("%s", error)
         return 1
     except (ConfigError, CheckpointError) as error:
