@@ -30,12 +30,13 @@ __all__ = ["BORDER_MARGIN", "GaussianHealth", "collapse_warning", "gaussian_heal
 BORDER_MARGIN = 0.02
 """A centre this close to an edge (a fraction of the image's width or height) is on the border."""
 
-COLLAPSE_BORDER = 0.5
-COLLAPSE_INVISIBLE = 0.5
-COLLAPSE_COVERAGE = 0.1
-"""Collapse thresholds (``docs/pretraining.md`` has the measurements): healthy runs stayed
-below 0.1 on the border, at 0 invisible and above 0.3 coverage; collapsed ones reached 1.0 on
-the border (or invisible) and 0.03 coverage within one step."""
+COLLAPSE_BORDER = 0.9
+COLLAPSE_INVISIBLE = 0.9
+COLLAPSE_COVERAGE = 0.3
+"""Collapse thresholds, from the runs of ``docs/collapse_probe.py`` (``docs/pretraining.md``):
+collapsed runs held 100% of their centres on the border with coverage 0.05-0.18 from the first
+step on; healthy runs stayed at or below 56% on the border (a passing moment during warmup)
+and, past their first step, at or above 24% coverage (0.85-0.98 once trained)."""
 
 
 class GaussianHealth(NamedTuple):
@@ -75,8 +76,8 @@ def gaussian_health(
 def collapse_warning(*, border: float, invisible: float, coverage: float) -> str | None:
     """A message naming the figures and the likely cause when these shares (averaged over a
     batch or more) say the Gaussians have collapsed, else ``None``: the render covers under
-    ``COLLAPSE_COVERAGE`` of the image because most centres sit on the border or most Gaussians
-    are invisible. (Low coverage alone is no collapse: a white image is rendered by none.)"""
+    ``COLLAPSE_COVERAGE`` of the image while nearly all centres sit on the border or nearly all
+    Gaussians are invisible. (Low coverage alone is no collapse: white images need none.)"""
     stranded = border > COLLAPSE_BORDER or invisible > COLLAPSE_INVISIBLE
     if not (stranded and coverage < COLLAPSE_COVERAGE):
         return None

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +33,7 @@ from splathead_recipes.cli import ConfigError
 from splathead_recipes.data import ResumableSampler, stop_workers
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.logs import MetricsLog, setup_logging
+from splathead_recipes.run_lock import FolderInUseError, FolderLock
 from splathead_recipes.settings import RunConfig
 from splathead_recipes.train_step import Forward, StepResult, TrainStep
 
@@ -265,7 +267,8 @@ def run_recipe(config: Any, *, validate: Callable[..., None],
                train: Callable[[Any, Runtime], int]) -> int:
     """A recipe's ``main``: ``validate(config, world_size=, cuda_available=)``, then
     ``train(config, runtime)`` in torchrun's process group (``config.device``,
-    ``config.backend``), torn down on every path.
+    ``config.backend``), torn down on every path. Global rank 0 holds ``--output-dir``'s
+    lock (:class:`~splathead_recipes.run_lock.FolderLock`) from validation to the end.
 
     Returns the exit status: 0 done (or checkpointed on a signal), 1 failed in training (a
     non-finite value, a file that could not be written), 2 a setting or checkpoint that cannot
@@ -278,6 +281,13 @@ def run_recipe(config: Any, *, validate: Callable[..., None],
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    lock = None
+    if os.environ.get("RANK", "0") == "0":  # one lock per job, held by global rank 0
+        try:
+            lock = FolderLock(Path(config.output_dir))
+        except FolderInUseError as error:  # taken since validation
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     runtime = distributed.setup(config.device, config.backend)
     setup_logging(runtime.is_main)
     try:
@@ -290,3 +300,5 @@ def run_recipe(config: Any, *, validate: Callable[..., None],
         return 2
     finally:
         distributed.teardown()
+        if lock is not None:
+            lock.release()

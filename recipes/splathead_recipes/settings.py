@@ -16,6 +16,7 @@ from typing import Literal
 
 from splathead_recipes.checkpoint import foreign_run_problem
 from splathead_recipes.cli import flag, option
+from splathead_recipes.run_lock import folder_in_use
 
 GPU_DECODE_HELP = ("decode JPEGs with nvJPEG on the GPU, crop and resize there; loader workers "
                    "only read files and draw crops")
@@ -103,11 +104,14 @@ def check_ranges(config: RunConfig, *, at_least_one: tuple[str, ...] = (),
 
 
 def check_output(config: RunConfig) -> str | None:
-    """``--resume`` file and ``--output-dir``: there, writable, not another run's."""
+    """``--resume`` file and ``--output-dir``: there, writable, not in use by a live run, not
+    another run's."""
     if config.resume not in (None, "auto") and not os.path.isfile(config.resume):
         return f"--resume {config.resume}: no such file (use 'auto' or a checkpoint path)"
     if problem := _unwritable(Path(config.output_dir)):
         return f"--output-dir {config.output_dir}: {problem}"
+    if problem := folder_in_use(Path(config.output_dir)):
+        return problem
     return foreign_run_problem(Path(config.output_dir), config.resume)
 
 
