@@ -30,13 +30,13 @@ __all__ = ["BORDER_MARGIN", "GaussianHealth", "collapse_warning", "gaussian_heal
 BORDER_MARGIN = 0.02
 """A centre this close to an edge (a fraction of the image's width or height) is on the border."""
 
-COLLAPSE_BORDER = 0.9
-COLLAPSE_INVISIBLE = 0.9
+COLLAPSE_BORDER = 0.95
+COLLAPSE_INVISIBLE = 0.95
 COLLAPSE_COVERAGE = 0.3
 """Collapse thresholds, from the runs of ``docs/collapse_probe.py`` (``docs/pretraining.md``):
-collapsed runs held 100% of their centres on the border with coverage 0.05-0.18 from the first
-step on; healthy runs stayed at or below 56% on the border (a passing moment during warmup)
-and, past their first step, at or above 24% coverage (0.85-0.98 once trained)."""
+collapsed runs held 99.7-100% of their centres on the border, at 5-18% coverage, from their
+first step on; healthy ones reached at most 86% on the border (a passing moment in warmup, back
+under 20% within a few steps) and covered 85-98% of the image once trained."""
 
 
 class GaussianHealth(NamedTuple):

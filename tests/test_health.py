@@ -93,7 +93,7 @@ def test_healthy_figures_give_no_warning():
     # docs/collapse_probe.py's healthy runs: trained, a passing moment in warmup, the first
     # step's low coverage; and white images, which need no Gaussian.
     assert collapse_warning(border=0.18, invisible=0.0, coverage=0.93) is None
-    assert collapse_warning(border=0.56, invisible=0.0, coverage=0.43) is None
+    assert collapse_warning(border=0.86, invisible=0.0, coverage=0.15) is None
     assert collapse_warning(border=0.1, invisible=0.0, coverage=0.24) is None
     assert collapse_warning(border=0.0, invisible=0.0, coverage=0.0) is None
 

@@ -47,7 +47,10 @@ def test_eval_records_every_eval_every_epochs_and_at_the_end_are_finite(shapes, 
     depth = len(gmae_vit_tiny().encoder.vit.blocks)
     for record in evals:
         assert set(record) == {"event", "step", "probe_top1", "probe_top1_blocks",
-                               "psnr_masked", "psnr", "ssim"}
+                               "psnr_masked", "psnr", "ssim", "gauss_border",
+                               "gauss_invisible", "gauss_coverage"}
+        assert all(0 <= record[f"gauss_{name}"] <= 1
+                   for name in ("border", "invisible", "coverage"))
         assert len(record["probe_top1_blocks"]) == depth
         assert record["probe_top1"] == max(record["probe_top1_blocks"])
         assert all(0 <= top1 <= 100 for top1 in record["probe_top1_blocks"])
@@ -59,7 +62,8 @@ def test_eval_records_every_eval_every_epochs_and_at_the_end_are_finite(shapes, 
 
     tags = EventAccumulator(str(tmp_path / "tensorboard")).Reload().Tags()["scalars"]
     assert {"eval/psnr_masked", "eval/probe_top1", f"eval/probe_top1_blocks/{depth - 1}",
-            "train/probe_loss"} <= set(tags)
+            "train/probe_loss", "eval/gauss_border", "eval/gauss_invisible",
+            "eval/gauss_coverage"} <= set(tags)
 
 
 def _probe_step(model, probes: OnlineProbeTraining, images, labels, noise):
@@ -129,7 +133,29 @@ def test_without_val_the_metrics_run_on_held_out_training_images_and_no_probe_tr
 def test_the_demo_photos_get_reconstruction_metrics_only(tmp_path):
     assert recipe.main([*TINY, "--epochs", "1", "--output-dir", str(tmp_path)]) == 0
     (evaluation,) = records(tmp_path, "eval")
-    assert set(evaluation) == {"event", "step", "psnr_masked", "psnr", "ssim"}
+    assert set(evaluation) == {"event", "step", "psnr_masked", "psnr", "ssim", "gauss_border",
+                               "gauss_invisible", "gauss_coverage"}
+
+
+def test_a_collapsed_run_warns_once_naming_the_figures_and_the_cause(tmp_path, monkeypatch,
+                                                                     caplog):
+    build = recipe.build_model
+
+    def stranded_on_the_border(config):  # the collapse of docs/pretraining.md, made at once
+        model = build(config)
+        with torch.no_grad():
+            model.decoder.head.proj.weight[:2] *= 1000  # centre x, y saturate at +-1
+        return model
+
+    monkeypatch.setattr(recipe, "build_model", stranded_on_the_border)
+    assert recipe.main([*TINY, "--epochs", "2", "--eval-every", "1", "--lr", "1e-9",
+                        "--output-dir", str(tmp_path)]) == 0
+    evaluations = records(tmp_path, "eval")
+    assert len(evaluations) == 2 and all(e["gauss_border"] == 1.0 for e in evaluations)
+    warnings = [r.getMessage() for r in caplog.records if "have collapsed" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "100% of the centres on the image border" in warnings[0]
+    assert "learning rate" in warnings[0] and "warmup" in warnings[0]
 
 
 @pytest.mark.parametrize(("flags", "named"), [

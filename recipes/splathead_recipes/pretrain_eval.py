@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from splathead import GMAE
+from splathead.health import collapse_warning, gaussian_health
 from splathead.metrics import masked_psnr, psnr, ssim
 from splathead.probes import BlockFeatures, OnlineProbes, probe_loss
 from torch import nn
@@ -46,6 +47,7 @@ log = logging.getLogger("gmae")
 HELD_OUT_IMAGES = 256  # training images kept out of training for the metrics, without val/
 PHOTO_CROPS = 64  # fixed crops of the bundled photos (8 per photo)
 _MASK_SEED = 0x6D61736B  # mixed with --seed: evaluation masks never repeat training's
+HEALTH = ("gauss_border", "gauss_invisible", "gauss_coverage")  # splathead.health's shares
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,9 @@ class FixedMaskEvaluation:
     ``dataset`` (every ``world_size``-th image), each under its fixed mask.
 
     Returns, averaged over the images of all ranks: ``psnr_masked`` (dB over the hidden
-    patches, RGB in [0, 1]), ``psnr`` (dB, whole image), ``ssim``, and with probes
+    patches, RGB in [0, 1]), ``psnr`` (dB, whole image), ``ssim``, the Gaussian health
+    ``gauss_border``, ``gauss_invisible``, ``gauss_coverage`` (:mod:`splathead.health`; the
+    first evaluation that finds a collapse logs one warning), and with probes
     ``probe_top1`` (percent, best block) and ``probe_top1_blocks`` (percent, per block in
     order). :attr:`first` holds rank 0's first batch and its output, for a picture.
 
@@ -215,6 +219,7 @@ class FixedMaskEvaluation:
             # Its workers' seeds come from here, not from torch's global generator.
             generator=torch.Generator().manual_seed(seed))
         self.first: tuple[torch.Tensor, Any] | None = None
+        self.warned_collapse = False
 
     def __call__(self, step: int) -> dict[str, Any]:
         seen = 0
@@ -232,6 +237,11 @@ class FixedMaskEvaluation:
             sums = {"psnr_masked": masked_psnr(render, target, output.mask.mask,
                                                model.patch_size).sum(),
                     "psnr": psnr(render, target).sum(), "ssim": ssim(render, target).sum()}
+            # The alpha the forward's render drew but does not return: rendered once more.
+            alpha = model.renderer(output.gaussians).alpha
+            health = gaussian_health(output.gaussians, alpha, model.camera)
+            sums.update({f"gauss_{name}": share.sum()
+                         for name, share in health._asdict().items()})
             if self.probes is not None:
                 for index, correct in enumerate(self.probes.correct(batch.labels)):
                     sums[f"probe_top1/{index:03d}"] = correct * 100.0
@@ -239,11 +249,16 @@ class FixedMaskEvaluation:
 
         means = evaluate(self.model, self.loader, measure, device=self.runtime.device,
                          autocast=self.autocast)
-        results = {name: means[name] for name in ("psnr_masked", "psnr", "ssim")}
+        results = {name: means[name] for name in ("psnr_masked", "psnr", "ssim", *HEALTH)}
         if self.probes is not None:
             blocks = [means[name] for name in sorted(means) if name.startswith("probe_top1/")]
             results = {"probe_top1": max(blocks), "probe_top1_blocks": blocks, **results}
         log.info("step %d evaluation: %s", step, ", ".join(
             f"{name} {value:.4g}" for name, value in results.items()
             if isinstance(value, float)))
+        warning = collapse_warning(**{name.removeprefix("gauss_"): results[name]
+                                      for name in HEALTH})
+        if warning and not self.warned_collapse:
+            log.warning("step %d: %s", step, warning)
+            self.warned_collapse = True
         return results
