@@ -613,3 +613,12 @@ def test_lightlys_own_token_mask_reads_for_a_cls_only_model_and_is_refused_with_
     assert hides_a_register is not None
     with pytest.raises(ValueError, match="must not hold any prefix token"):
         from_lightly(*hides_a_register, num_prefix_tokens=5)
+
+def test_the_docs_health_check_runs_on_the_gmae_and_calls_a_fresh_one_healthy(models_gmae,
+                                                                              capsys):
+    snippet = re.search(r"## Is it healthy\?.*?```\n(.*?)```", DOC.read_text(), re.S).group(1)
+    torch.manual_seed(0)
+    model = models_gmae.GaussianMAE(**TINY, decoder_kwargs=TINY_DECODER)
+    exec(snippet, {"model": model, "imgs": normalised_images(2)})
+    printed = capsys.readouterr().out
+    assert "'border': 0.0" in printed and printed.strip().endswith("healthy")
