@@ -110,7 +110,9 @@ def check_output(config: RunConfig) -> str | None:
         return f"--resume {config.resume}: no such file (use 'auto' or a checkpoint path)"
     if problem := _unwritable(Path(config.output_dir)):
         return f"--output-dir {config.output_dir}: {problem}"
-    if problem := folder_in_use(Path(config.output_dir)):
+    # Global rank 0 holds the lock (loop.run_recipe); under torchrun the other ranks validate
+    # while it may already hold it.
+    if os.environ.get("RANK", "0") == "0" and (problem := folder_in_use(Path(config.output_dir))):
         return problem
     return foreign_run_problem(Path(config.output_dir), config.resume)
 
