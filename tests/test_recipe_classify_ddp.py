@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -65,14 +66,21 @@ def test_two_ranks_score_every_val_image_once_as_one_process_does(tiny_task):
     one process scoring all 12 (an image counted twice or left out would move them)."""
     single = _scores(tiny_task, Runtime(rank=0, local_rank=0, world_size=1,
                                      device=torch.device("cpu")))
+    scores = two_gloo_ranks(_rank, tiny_task)
+    assert scores[0] == scores[1] == single
+
+
+def two_gloo_ranks(target, *args) -> dict[int, Any]:
+    """``{rank: result}`` of ``target(rank, port, *args, results)`` run by 2 spawned processes,
+    each putting ``(rank, result)`` on ``results``; both must exit 0."""
     context = multiprocessing.get_context("spawn")
     results, port = context.Queue(), _free_port()
-    ranks = [context.Process(target=_rank, args=(rank, port, tiny_task, results), daemon=True)
+    ranks = [context.Process(target=target, args=(rank, port, *args, results), daemon=True)
              for rank in range(2)]
     for process in ranks:
         process.start()
     try:
-        scores = dict(results.get(timeout=120) for _ in ranks)
+        found = dict(results.get(timeout=120) for _ in ranks)
         for process in ranks:
             process.join(timeout=60)
             assert process.exitcode == 0
@@ -80,4 +88,4 @@ def test_two_ranks_score_every_val_image_once_as_one_process_does(tiny_task):
         for process in ranks:
             process.kill()
             process.join()
-    assert scores[0] == scores[1] == single
+    return found

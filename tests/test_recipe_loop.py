@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 
 import pytest
@@ -19,7 +18,7 @@ from splathead_recipes.distributed import Runtime
 from splathead_recipes.eval_step import evaluate
 from splathead_recipes.loop import fit
 from splathead_recipes.train_step import TrainStep
-from test_recipe_classify_ddp import _free_port
+from test_recipe_classify_ddp import two_gloo_ranks
 
 CPU = Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -92,20 +91,7 @@ def test_two_ddp_ranks_step_like_one_process_on_the_whole_batch():
     averages the ranks' gradients, so dividing the loss by the world size as well would halve
     the SGD step."""
     single = train_one_step(4, 2)
-    context = multiprocessing.get_context("spawn")
-    results, port = context.Queue(), _free_port()
-    ranks = [context.Process(target=_ddp_rank, args=(rank, port, results), daemon=True)
-             for rank in range(2)]
-    for process in ranks:
-        process.start()
-    try:
-        parameters = dict(results.get(timeout=120) for _ in ranks)
-        for process in ranks:
-            process.join(timeout=60)
-            assert process.exitcode == 0
-    finally:  # a failed or stuck rank never outlives the test
-        for process in ranks:
-            process.kill()
+    parameters = two_gloo_ranks(_ddp_rank)
     for rank in range(2):
         for expected, actual in zip(single.parameters(), parameters[rank]):
             torch.testing.assert_close(torch.tensor(actual), expected.detach())
