@@ -125,7 +125,8 @@ def test_without_val_the_metrics_run_on_held_out_training_images_and_no_probe_tr
     shutil.copytree(shapes / "train", data / "train")
     assert run_on(data, tmp_path / "run", "--epochs", "1") == 0
     (evaluation,) = records(tmp_path / "run", "eval")
-    assert set(evaluation) == {"event", "step", "psnr_masked", "psnr", "ssim"}
+    assert set(evaluation) == {"event", "step", "psnr_masked", "psnr", "ssim", "gauss_border",
+                               "gauss_invisible", "gauss_coverage"}
     # 32 images, 3 held out: 29 left, 3 steps of 8.
     assert evaluation["step"] == 3
 
