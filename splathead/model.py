@@ -6,7 +6,9 @@ encoder of yours, e.g. ``splathead.adapters.wrap(timm_vit)``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -316,6 +318,72 @@ class GMAE(nn.Module):
                 f"{len(images)} images of {self.num_patches} patches"
             )
         return mask
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        evaluation: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Path:
+        """Save this model as a Hub-style folder (:mod:`splathead.pretrained`): ``config.json``
+        with every setting that rebuilds it, ``model.safetensors`` and a model card
+        ``README.md`` with the settings and ``evaluation``'s records (e.g. the ``eval`` records
+        of a recipe's ``metrics.jsonl``). Returns the folder.
+
+        Encoders are rebuilt from settings, so the factories' timm ViTs
+        (:func:`~splathead.factories.build_vit_encoder`) and the Hugging Face ViTMAE / DINOv2
+        encoders of :func:`~splathead.adapters.wrap` can be saved; another encoder is refused
+        by name before anything is written.
+        """
+        # splathead.pretrained builds encoders (factories, adapters): imported on use, since the
+        # model's module sits below both.
+        from splathead.pretrained import save_pretrained
+
+        return save_pretrained(self, save_directory, evaluation=evaluation)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        map_location: str | torch.device = "cpu",
+        strict: bool = True,
+    ) -> GMAE:
+        """The GMAE saved by :meth:`save_pretrained` in the folder ``name_or_path`` (no network),
+        or in the Hugging Face Hub repo of that id (``huggingface_hub``, the ``hf`` extra, with
+        the other arguments). A folder written by another model type is refused by name."""
+        from splathead.pretrained import load_pretrained
+
+        return load_pretrained(
+            name_or_path, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            token=token, local_files_only=local_files_only, map_location=map_location,
+            strict=strict,
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        evaluation: Sequence[Mapping[str, Any]] | None = None,
+        commit_message: str = "Upload GMAE",
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """Upload this model's :meth:`save_pretrained` folder to the Hub repo ``repo_id``
+        (created if missing) with ``huggingface_hub``; returns the commit's URL."""
+        from splathead.pretrained import push_to_hub
+
+        return push_to_hub(
+            self, repo_id, evaluation=evaluation, commit_message=commit_message, private=private,
+            token=token, revision=revision, create_pr=create_pr,
+        )
 
     def _check_images(self, images: Tensor) -> None:
         weight = next(self.encoder.parameters(), None)

@@ -65,3 +65,10 @@ def test_ply_doc_example_writes_both_images(tmp_path):
         vertices = plyfile.PlyData.read(str(tmp_path / name))["vertex"]
         x = torch.from_numpy(vertices["x"].copy())
         assert torch.equal(x, namespace["out"].gaussians.means[index, :, 0])
+
+
+def test_pretrained_doc_example_round_trips_a_model(tmp_path):
+    namespace = run(python_blocks(ROOT / "docs/pretrained.md")[0], "docs/pretrained.md")
+    assert sorted(path.name for path in (tmp_path / "tiny-gmae").iterdir()) == [
+        "README.md", "config.json", "model.safetensors"]
+    assert namespace["loaded"].num_patches == namespace["model"].num_patches

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import splathead
 from splathead import GMAE
@@ -37,7 +38,11 @@ def load_pretrained(path: Path) -> GMAE:
     Raises :class:`~splathead_recipes.checkpoint.CheckpointError`, naming the file and what is
     wrong, for anything else: an unreadable file, a bare state dict, weights that do not fit.
     """
-    state = checkpoint.load(path)
+    return model_from_state(checkpoint.load(path), path)
+
+
+def model_from_state(state: dict[str, Any], path: Path) -> GMAE:
+    """:func:`load_pretrained` of a checkpoint already loaded from ``path`` (named in errors)."""
     checkpoint.require_keys(state, path, {"model", "config"}, "recipes/gmae_imagenet.py")
     config = load_config(state["config"])
     if config.model not in MODEL_FACTORIES:

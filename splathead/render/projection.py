@@ -244,7 +244,9 @@ def project_gaussians(
     """Project world-space Gaussians to the image of ``camera`` (see the module docstring).
 
     Args:
-        means, quats, scales: world-space Gaussians (scales are standard deviations).
+        means: world-space Gaussian centres.
+        quats: their rotations, quaternions (w, x, y, z) of any norm.
+        scales: their standard deviations along their own axes.
         opacities: peak opacities, for gsplat 1.5's opacity-aware radii and culling; ``None``
             uses the fixed 3.33-sigma extent.
         camera: its matrices are brought to the device and dtype of ``means``; its size bounds
