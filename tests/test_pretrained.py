@@ -35,7 +35,8 @@ def same_outputs(first: GMAE, second: GMAE) -> None:
     [
         {},
         dict(mask_ratio=0.5, loss="full", drop_path_rate=0.1, gaussians_per_token=2,
-             max_scale=0.25, background=(0.0, 0.5, 1.0), patch_size=4, decoder_depth=1),
+             max_scale=0.25, background=(0.0, 0.5, 1.0), patch_size=4, decoder_depth=1,
+             footprint="authors"),
     ],
     ids=["tiny", "other-settings"],
 )
