@@ -101,21 +101,16 @@ def save_pretrained(
 def load_pretrained(
     name_or_path: str | os.PathLike,
     *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    force_download: bool = False,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
     map_location: str | torch.device = "cpu",
     strict: bool = True,
+    **download: Any,
 ) -> GMAE:
-    """The GMAE saved in the folder ``name_or_path``, or in the Hub repo of that id (downloaded
-    by ``huggingface_hub`` with the other arguments). Raises ``FileNotFoundError`` for a folder
-    without ``config.json``, ``ValueError`` for one written by another model type or whose
-    settings this splathead cannot build."""
-    folder = _local_folder(name_or_path, revision=revision, cache_dir=cache_dir,
-                           force_download=force_download, token=token,
-                           local_files_only=local_files_only)
+    """The GMAE saved in the folder ``name_or_path``, or in the Hub repo of that id, downloaded
+    by ``huggingface_hub.snapshot_download`` with the keywords ``download`` (``revision``,
+    ``cache_dir``, ``force_download``, ``token``, ``local_files_only``). Raises
+    ``FileNotFoundError`` for a folder without ``config.json``, ``ValueError`` for one written
+    by another model type or whose settings this splathead cannot build."""
+    folder = _local_folder(name_or_path, **download)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} holds no {CONFIG_NAME}: not a saved model")
@@ -139,22 +134,20 @@ def push_to_hub(
     repo_id: str,
     *,
     evaluation: Evaluation | None = None,
-    commit_message: str = "Upload GMAE",
     private: bool | None = None,
     token: str | None = None,
-    revision: str | None = None,
-    create_pr: bool = False,
+    **upload: Any,
 ) -> str:
     """Save ``model`` (:func:`save_pretrained`) and upload the folder to the Hub repo
-    ``repo_id`` (created if missing); returns the commit's URL."""
+    ``repo_id`` (created if missing, ``private`` if asked) with ``HfApi.upload_folder``'s
+    keywords ``upload`` (``commit_message``, ``revision``, ``create_pr``); returns the commit's
+    URL."""
     api_class = _hub().HfApi
     with tempfile.TemporaryDirectory() as folder:
         save_pretrained(model, folder, evaluation=evaluation, name=repo_id)
         api = api_class(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder,
-                                   commit_message=commit_message, revision=revision,
-                                   create_pr=create_pr)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, **upload)
     return str(commit)
 
 
