@@ -14,7 +14,7 @@ uploads one; the Hub needs ``huggingface_hub`` (the ``hf`` extra). ``config.json
                          "interpolate_pos_encoding": HFViTMAEEncoder's setting}
     decoder             the decoder's DecoderSettings, as dataclasses.asdict gives them
     camera              the render camera (Camera.gmae of img_size), checked when loading
-    mask_ratio, mean, std, loss, freeze_encoder
+    mask_ratio, mean, std, loss, norm_pix_loss, freeze_encoder
 
 Encoders: the timm ViTs of :func:`~splathead.factories.build_vit_encoder` (every factory's) and
 the Hugging Face ViTMAE / DINOv2 encoders of :func:`splathead.adapters.wrap` (rebuilt from their
@@ -78,6 +78,7 @@ def gmae_config(model: GMAE) -> dict[str, Any]:
         "mean": _shortest(model.mean),
         "std": _shortest(model.std),
         "loss": model.loss,
+        "norm_pix_loss": model.norm_pix_loss,
         "freeze_encoder": model.freeze_encoder,
     }
 
@@ -160,7 +161,7 @@ def model_card(config: Mapping[str, Any], evaluation: Evaluation | None, name: s
         ("encoder", _encoder_summary(config["encoder"])),
         ("decoder", ", ".join(f"{k}={v}" for k, v in config["decoder"].items())),
         ("mask ratio", config["mask_ratio"]),
-        ("loss", config["loss"]),
+        ("loss", config["loss"] + (", norm-pix target" if config["norm_pix_loss"] else "")),
         ("input normalisation", f"mean {config['mean']}, std {config['std']}"),
         ("camera", f"{config['camera']['model']}, {width} x {height} px, scene x, y in (-1, 1)"),
     ]
@@ -286,6 +287,7 @@ def _build(config: Mapping[str, Any], path: Path) -> GMAE:
             mean=config["mean"],
             std=config["std"],
             loss=config["loss"],
+            norm_pix_loss=config["norm_pix_loss"],
             freeze_encoder=config["freeze_encoder"],
             decoder_settings=DecoderSettings.from_dict(config["decoder"]),
         )

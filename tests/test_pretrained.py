@@ -36,7 +36,7 @@ def same_outputs(first: GMAE, second: GMAE) -> None:
         {},
         dict(mask_ratio=0.5, loss="full", drop_path_rate=0.1, gaussians_per_token=2,
              max_scale=0.25, background=(0.0, 0.5, 1.0), patch_size=4, decoder_depth=1,
-             footprint="authors"),
+             footprint="authors", norm_pix_loss=True),
     ],
     ids=["tiny", "other-settings"],
 )
@@ -65,6 +65,7 @@ def test_config_holds_every_setting_that_rebuilds_the_model(tmp_path):
     assert config["decoder"]["dim"] == 64 and config["decoder"]["num_queries"] == 64
     assert config["camera"]["model"] == "ortho" and config["camera"]["fx"] == SIZE / 2
     assert config["mask_ratio"] == 0.6 and config["loss"] == "masked"
+    assert config["norm_pix_loss"] is False
     assert config["mean"] == [0.485, 0.456, 0.406] and config["std"] == [0.229, 0.224, 0.225]
     assert load_file(tmp_path / WEIGHTS_NAME).keys() == model.state_dict().keys()
 
