@@ -10,7 +10,8 @@ uploads one; the Hub needs ``huggingface_hub`` (the ``hf`` extra). ``config.json
     splathead_version   the version that wrote it
     img_size            [h, w]
     encoder             {"kind": "timm_vit", "settings": keywords of build_vit_encoder}, or
-                        {"kind": "hf", "config": the transformers config's to_dict(),
+                        {"kind": "hf", "config": the transformers config's to_dict()
+                         without private keys, "attn_implementation": the attention in use,
                          "interpolate_pos_encoding": HFViTMAEEncoder's setting}
     decoder             the decoder's DecoderSettings, as dataclasses.asdict gives them
     camera              the render camera (Camera.gmae of img_size), checked when loading
@@ -210,7 +211,11 @@ def _encoder_config(encoder: object) -> dict[str, Any]:
     if isinstance(encoder, TimmViTEncoder):
         return {"kind": "timm_vit", "settings": _timm_vit_settings(encoder)}
     if isinstance(encoder, (HFViTMAEEncoder, HFDinov2Encoder)):
-        return {"kind": "hf", "config": encoder.model.config.to_dict(),
+        # to_dict's private keys (transformers 4.48's `_attn_implementation_autoset`) would stop
+        # from_config choosing the attention; the attention in use is saved by name instead.
+        hf_config = {k: v for k, v in encoder.model.config.to_dict().items() if not k.startswith("_")}
+        return {"kind": "hf", "config": hf_config,
+                "attn_implementation": encoder.model.config._attn_implementation,
                 "interpolate_pos_encoding": getattr(encoder, "interpolate_pos_encoding", False)}
     raise ValueError(
         f"save_pretrained rebuilds the encoders of splathead's factories (TimmViTEncoder) and "
@@ -228,7 +233,7 @@ def _build_encoder(config: Mapping[str, Any]) -> nn.Module:
 
         settings = dict(config["config"])
         hf_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
-        model = AutoModel.from_config(hf_config)
+        model = AutoModel.from_config(hf_config, attn_implementation=config["attn_implementation"])
         return (HFViTMAEEncoder(model, interpolate_pos_encoding=config["interpolate_pos_encoding"])
                 if hf_config.model_type == "vit_mae" else HFDinov2Encoder(model))
     raise ValueError(f"encoder kind {config['kind']!r} is not 'timm_vit' or 'hf'")

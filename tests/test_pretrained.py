@@ -163,19 +163,26 @@ def hf_encoder(kind: str):
                   image_size=SIZE, patch_size=8)
     if kind == "vit_mae":
         return wrap(transformers.ViTMAEModel(transformers.ViTMAEConfig(**common)))
+    if kind == "vit_mae_eager":
+        config = transformers.ViTMAEConfig(**common, attn_implementation="eager")
+        return wrap(transformers.ViTMAEModel(config))
     if kind == "dinov2_with_registers":
         config = transformers.Dinov2WithRegistersConfig(**common, num_register_tokens=2)
         return wrap(transformers.Dinov2WithRegistersModel(config))
     return wrap(transformers.Dinov2Model(transformers.Dinov2Config(**common)))
 
 
-@pytest.mark.parametrize("kind", ["vit_mae", "dinov2", "dinov2_with_registers"])
+@pytest.mark.parametrize("kind", ["vit_mae", "vit_mae_eager", "dinov2", "dinov2_with_registers"])
 def test_hugging_face_encoders_are_rebuilt_from_their_config(tmp_path, no_network, kind):
     model = GMAE.from_encoder(hf_encoder(kind), img_size=SIZE, dim=32, depth=1, num_heads=2,
                               num_queries=8, backend="torch").eval()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert config["encoder"]["kind"] == "hf" and config["encoder"]["config"]["model_type"] == kind
+    assert config["encoder"]["kind"] == "hf"
+    assert config["encoder"]["config"]["model_type"] == kind.removesuffix("_eager")
     loaded = GMAE.from_pretrained(tmp_path).eval()
     assert type(loaded.encoder.model) is type(model.encoder.model)
+    attention = model.encoder.model.config._attn_implementation
+    assert attention == ("eager" if kind.endswith("_eager") else "sdpa")
+    assert loaded.encoder.model.config._attn_implementation == attention
     same_outputs(model, loaded)
