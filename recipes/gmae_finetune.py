@@ -89,6 +89,10 @@ def validate_finetune(config: FinetuneConfig, *, world_size: int, cuda_available
     for name in ("mixup", "cutmix"):
         if getattr(config, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(config, name)}")
+    if config.crop_style != "torchvision":
+        raise ConfigError(f"--crop-style {config.crop_style}: the fine-tune crops with timm's "
+                          f"create_transform, which draws as torchvision does (as the GMAE "
+                          f"authors' fine-tune); use --crop-style torchvision")
     if not 0 < config.layer_decay <= 1:
         raise ConfigError(f"--layer-decay must lie in (0, 1], got {config.layer_decay}")
     if not 0 < config.model_ema_decay < 1:

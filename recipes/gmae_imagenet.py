@@ -123,7 +123,8 @@ def train(config: Config, runtime: Runtime) -> int:
     optimizer = build_optimizer(model, config, fused=use_cuda)
     log.info("%s, peak lr %.3g", config.model, config.learning_rate)
     probes = (OnlineProbeTraining(model, num_classes=data.num_classes, lr=config.probe_lr,
-                                  runtime=runtime, log_every=config.log_every)
+                                  runtime=runtime, log_every=config.log_every,
+                                  view=config.probe_view)
               if config.probes and data.num_classes > 1 else None)
     log.info("evaluation on %s; online probes: %s", data.source,
              f"{data.num_classes} classes" if probes else "none")

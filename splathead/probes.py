@@ -2,9 +2,11 @@
 
 After the GMAE authors' design: for every encoder block, a BatchNorm1d without affine parameters
 and a Linear classifier on the block's mean-pooled tokens, trained on the labels. The features are
-detached, so the probes never change the encoder: they measure it. Here they pool the patch
-tokens of the pass they hook (the authors pool all tokens, cls included, of a second pass over
-the whole image) and have their own optimiser (the authors' share the GMAE's).
+detached, so the probes never change the encoder: they measure it. They pool the tokens of the
+pass they hook: the patch tokens of the masked training pass, or with ``num_prefix_tokens=0``
+all tokens, cls included, as the authors pool a second pass over the whole image (the
+pretraining recipe's ``--probe-view full``). They have their own optimiser (the authors' share
+the GMAE's).
 
     blocks = BlockFeatures(model.encoder.blocks, num_prefix_tokens=1)
     probes = OnlineProbes(embed_dim=768, num_classes=1000, num_blocks=len(blocks))
@@ -37,7 +39,8 @@ class BlockFeatures:
     Args:
         blocks: the encoder's transformer blocks, in order; each returns ``[b t d]`` tokens
             (or a tuple whose first item is they, as Hugging Face layers do).
-        num_prefix_tokens: tokens in front of the patches, left out of the mean.
+        num_prefix_tokens: tokens in front of the patches, left out of the mean (0: every
+            token is averaged, cls included).
     """
 
     def __init__(self, blocks: Sequence[nn.Module], *, num_prefix_tokens: int) -> None:

@@ -49,8 +49,9 @@ def test_old_stored_configs_read_back_unchanged(recipe, config_type):
 # Settings added after the recorded layout, at the defaults that keep the old runs' behaviour.
 FIELDS_ADDED_SINCE = {
     "pretraining": {"footprint": "ortho", "head_init": "xavier", "decay_groups": "timm",
-                    "lr_schedule": "per-step", "norm_pix_loss": False},
-    "linprobe": {},
+                    "lr_schedule": "per-step", "norm_pix_loss": False,
+                    "probe_view": "masked", "crop_style": "torchvision"},
+    "linprobe": {"crop_style": "torchvision"},
 }
 
 

@@ -97,7 +97,8 @@ def test_demo_preset_is_valid_on_cpu():
         ({"max_scale": float("inf"), "dataset": "synthetic"}, 1, True, "--max-scale must be"),
         ({"betas": (0.9, float("nan")), "dataset": "synthetic"}, 1, True, "--betas must be"),
         ({"model": "GMAE", "dataset": "synthetic"}, 1, True, "--model 'GMAE' is not one of"),
-        ({"dataset": "synthetic"}, 1, False, "--precision bf16 autocasts on CUDA only"),
+        ({"precision": "fp16", "dataset": "synthetic"}, 1, False,
+         "--precision fp16 (autocast with a grad scaler) runs on CUDA only"),
         ({"backend": "nccl", "precision": "fp32", "dataset": "synthetic"}, 1, False,
          "nccl needs CUDA"),
         ({"device": "cuda", "dataset": "synthetic"}, 1, False, "CUDA is not available"),
@@ -109,6 +110,8 @@ def test_demo_preset_is_valid_on_cpu():
          "--num-gaussians 256 is not divisible by --gaussians-per-token 3"),
         ({"footprint": "pinhole", "dataset": "synthetic"}, 1, True,
          "--footprint 'pinhole' is not one of"),
+        ({"probe_view": "all", "dataset": "synthetic"}, 1, True,
+         "--probe-view 'all' is not one of"),
         ({"footprint": "authors", "render_backend": "gsplat", "dataset": "synthetic"}, 1, True,
          "--footprint authors: gsplat cannot render the authors' footprint"),
     ],
@@ -199,9 +202,11 @@ def test_footprint_flag_reaches_the_models_camera():
     assert build_model(PRESETS["demo"]).decoder.camera.footprint_depth is None
 
 
-def test_paper_preset_takes_the_authors_head_init_decay_groups_and_schedule():
+def test_paper_preset_takes_the_authors_head_init_decay_groups_schedule_probes_and_crop():
     paper = PRESETS["paper"]
-    assert (paper.head_init, paper.decay_groups, paper.lr_schedule) == ("torch", "mae", "per-epoch")
+    assert (paper.head_init, paper.decay_groups, paper.lr_schedule, paper.probe_view,
+            paper.crop_style) == ("torch", "mae", "per-epoch", "full", "tf")
+    assert (Config().probe_view, Config().crop_style) == ("masked", "torchvision")
 
 
 def test_per_epoch_schedule_starts_at_a_fifth_and_ends_at_min_lr_in_the_last_epoch():

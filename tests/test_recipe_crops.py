@@ -19,22 +19,67 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 from splathead_recipes.config import PRESETS
 from splathead_recipes import crops
 from splathead_recipes.crops import (CentreCrop, CropBox, TrainCrop, decode_rgb, jpeg_reduction,
-                                     normalize, random_crop_box, region_decode, whole_decode)
-from splathead_recipes.data import build_dataset, build_loader, to_rgb
+                                     normalize, random_crop_box, region_decode, tf_crop_box,
+                                     whole_decode)
+from splathead_recipes.data import build_dataset, build_loader, to_rgb, train_crop
+
+
+def any_image_and_scale(test):
+    """``test(seed, height, width, scale)`` over images up to 600 px and any crop scale."""
+    return settings(max_examples=60, deadline=None)(given(
+        seed=st.integers(0, 2**62), height=st.integers(1, 600), width=st.integers(1, 600),
+        scale=st.tuples(st.floats(0.01, 1.0), st.floats(0.0, 1.0)).map(
+            lambda low_span: (low_span[0], low_span[0] + low_span[1] * (1 - low_span[0]))))(test))
+
+
+@any_image_and_scale
+def test_crop_box_is_torchvisions_for_the_same_seed(seed, height, width, scale):
+    box = random_crop_box(torch.Generator().manual_seed(seed), height=height, width=width,
+                          scale=scale)
+    assert tuple(box) == torchvision_box(seed, height, width, scale)
+
+
+def torchvision_box(seed: int, height: int, width: int, scale: tuple[float, float]) -> tuple:
+    """torchvision's RandomResizedCrop box after ``torch.manual_seed(seed)``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return tuple(RandomResizedCrop.get_params(torch.empty(3, height, width), scale,
+                                                  [3 / 4, 4 / 3]))
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**62), height=st.integers(1, 600), width=st.integers(1, 600),
-       low=st.floats(0.01, 1.0), span=st.floats(0.0, 1.0))
-def test_crop_box_is_torchvisions_for_the_same_seed(seed, height, width, low, span):
-    scale = (low, low + span * (1 - low))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        expected = RandomResizedCrop.get_params(torch.empty(3, height, width), scale,
-                                                [3 / 4, 4 / 3])
-    box = random_crop_box(torch.Generator().manual_seed(seed), height=height, width=width,
-                          scale=scale)
-    assert tuple(box) == tuple(expected)
+@given(seed=st.integers(0, 2**62), height=st.integers(60, 600), aspect=st.floats(0.75, 4 / 3),
+       low=st.floats(0.01, 0.5), span=st.floats(0.0, 1.0))
+def test_tf_crop_box_is_torchvisions_where_its_first_draw_fits(seed, height, aspect, low, span):
+    """Scales up to a half on images of aspect 3/4 to 4/3: every drawn side fits the image, so
+    torchvision accepts its first draw, and the TF-style crop must give the same box."""
+    width = int(round(height * aspect))
+    scale = (low, low + span * (0.5 - low))
+    box = tf_crop_box(torch.Generator().manual_seed(seed), height=height, width=width,
+                      scale=scale)
+    assert tuple(box) == torchvision_box(seed, height, width, scale)
+
+
+@any_image_and_scale
+def test_tf_crop_box_clips_its_one_draw_to_the_image(seed, height, width, scale):
+    box = tf_crop_box(torch.Generator().manual_seed(seed), height=height, width=width,
+                      scale=scale)
+    assert 1 <= box.height <= height and 1 <= box.width <= width
+    assert 0 <= box.top <= height - box.height and 0 <= box.left <= width - box.width
+
+
+def test_a_tf_style_train_crop_clips_where_torchvisions_falls_back_to_the_centre():
+    """The whole area on a 400 x 100 image: no draw fits (every width is at least
+    sqrt(40000 x 3/4) = 173); torchvision's fallback is the centre crop at aspect 3/4
+    (133 x 100), the TF-style crop keeps the image's width and the drawn height
+    sqrt(40000 / aspect), 173 to 231."""
+    crops = {style: TrainCrop(48, (1.0, 1.0), hflip=False, style=style)
+             for style in ("torchvision", "tf")}
+    for seed in range(4):
+        boxes = {style: crop.draw(seed, height=400, width=100)[0] for style, crop in crops.items()}
+        assert boxes["torchvision"] == (133, 0, 133, 100)
+        assert boxes["tf"].width == 100 and 173 <= boxes["tf"].height <= 231
+    assert train_crop(PRESETS["paper"]).style == "tf"
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -99,6 +99,55 @@ def test_the_probe_step_changes_the_probes_and_never_the_encoders_weights_or_gra
                for name, p in model.encoder.named_parameters() if name in grads)
 
 
+def test_the_full_view_probes_read_every_token_of_a_pass_over_the_whole_image():
+    """The authors' view: whatever the training mask, each block's mean over all tokens (cls
+    included) of timm's own unmasked forward; the encoder's gradient stays the GMAE loss's."""
+    torch.manual_seed(0)
+    model = gmae_vit_tiny(img_size=32, num_queries=16)
+    probes = OnlineProbeTraining(model, num_classes=4, lr=0.1, runtime=CPU, log_every=1,
+                                 view="full")
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    noise = torch.rand(8, model.num_patches)
+    forward = probes.collecting(lambda m, batch: (m(batch.images, noise=noise).loss, None))
+    loss, _ = forward(model, Batch(images, labels, 0))
+    loss.backward()
+    collected, _ = probes._pending[0]
+    intermediates = model.encoder.vit.forward_intermediates(
+        images, norm=False, output_fmt="NLC", intermediates_only=True,
+        return_prefix_tokens=True)  # [(patch tokens, prefix tokens)] per block
+    expected = torch.stack([torch.cat([prefix, patches], dim=1).mean(dim=1)
+                            for patches, prefix in intermediates])
+    torch.testing.assert_close(collected, expected)
+    assert not collected.requires_grad
+    grads = {name: p.grad.clone() for name, p in model.encoder.named_parameters()
+             if p.grad is not None}
+    model.zero_grad()
+    model(images, noise=noise).loss.backward()
+    assert grads and all(torch.equal(p.grad, grads[name])
+                         for name, p in model.encoder.named_parameters() if name in grads)
+    probes(1, None)
+    # Scoring runs its own full pass: the count is the same after any masked pass.
+    model(images, noise=noise)
+    first = probes.correct(images, labels)
+    model(images[:2], noise=noise[:2])
+    assert torch.equal(probes.correct(images, labels), first)
+
+
+def test_the_probe_view_is_masked_or_full():
+    with pytest.raises(ValueError, match="view must be 'masked' or 'full', got 'all'"):
+        OnlineProbeTraining(gmae_vit_tiny(img_size=32, num_queries=16), num_classes=4, lr=0.1,
+                            runtime=CPU, log_every=1, view="all")
+
+
+def test_a_run_with_the_full_probe_view_trains_and_scores_the_probes(shapes, tmp_path):
+    assert run_on(shapes, tmp_path, "--epochs", "1", "--probe-view", "full") == 0
+    assert json.loads((tmp_path / "config.json").read_text())["probe_view"] == "full"
+    (record,) = records(tmp_path, "eval")
+    assert 0 <= record["probe_top1"] <= 100
+    lines = map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+    assert any(math.isfinite(line.get("probe_loss", math.nan)) for line in lines)
+
+
 def test_resuming_with_probes_reproduces_losses_evaluations_and_probe_state_exactly(shapes,
                                                                                     tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

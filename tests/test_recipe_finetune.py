@@ -108,6 +108,8 @@ def test_bad_flags_exit_2_before_work(tiny_task, tmp_path, capsys):
     assert "--layer-decay" in capsys.readouterr().err
     assert recipe.main(flags(tiny_task, tmp_path / "c", "--auto-augment", "bogus")) == 2
     assert "--auto-augment 'bogus'" in capsys.readouterr().err
+    assert recipe.main(flags(tiny_task, tmp_path / "e", "--crop-style", "tf")) == 2
+    assert "--crop-style tf: the fine-tune crops with timm's" in capsys.readouterr().err
     no_file = str(tmp_path / "no.pt")
     assert recipe.main(flags(tiny_task, tmp_path / "d", "--checkpoint", no_file)) == 2
     assert "--checkpoint" in capsys.readouterr().err

@@ -21,6 +21,11 @@ from splathead_recipes.settings import (
 
 IMAGENET_TRAIN_SIZE = 1_281_167
 
+ProbeView = Literal["masked", "full"]
+"""What the online probes read: ``masked``, the training pass's visible patch tokens (no extra
+encoder cost); ``full``, the GMAE authors' view: a second encoder pass over every patch, without
+gradient, pooled over all tokens, cls included."""
+
 # The splathead factories ``--model`` may name (splathead_recipes.models maps them to the
 # functions).
 MODEL_NAMES = tuple(ENCODERS)
@@ -31,7 +36,7 @@ class Config(RunConfig):
     """Every setting of a pretraining run: :class:`RunConfig`'s and the GMAE's, the dataset's,
     the AdamW betas, the online probes' and the image grids'. Defaults are the GMAE paper's
     ViT-B/16 pretraining; ``PRESETS["paper"]`` also takes the authors' head init, weight-decay
-    groups and per-epoch schedule (defaults kept as before, so older runs resume unchanged)."""
+    groups, per-epoch schedule, online-probe view and TF-style crop (defaults kept as before, so older runs resume unchanged)."""
 
     # Model.
     model: str = option("gmae_vit_base_patch16", f"one of {', '.join(MODEL_NAMES)}")
@@ -77,6 +82,10 @@ class Config(RunConfig):
                         "imagefolder data with <data-path>/val only)")
     probe_lr: float = option(1e-3, "AdamW learning rate of the online probes (constant, no "
                            "weight decay)")
+    probe_view: ProbeView = option(
+        "masked", "what the online probes read: masked (the training pass's visible patch "
+        "tokens) or full (the GMAE authors': a second encoder pass over every patch, without "
+        "gradient, all tokens pooled, cls included)")
 
     # Logging.
     image_every: int = option(1000, "steps between PNG grids (0: never)")
@@ -86,7 +95,8 @@ class Config(RunConfig):
 PRESETS: dict[str, Config] = {
     # The authors' code where it differs from MAE's and the difference can change results
     # (docs/pretraining.md, "Paper settings").
-    "paper": Config(head_init="torch", decay_groups="mae", lr_schedule="per-epoch"),
+    "paper": Config(head_init="torch", decay_groups="mae", lr_schedule="per-epoch",
+                    probe_view="full", crop_style="tf"),
     # A tiny ViT on scikit-image's photos: a laptop CPU runs it in under 3 minutes (numba renderer).
     "demo": Config(
         # 32 px in 4 px patches: the 64 Gaussians cover 16 pixels each (at 64 px, 64 and the

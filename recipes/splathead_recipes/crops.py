@@ -1,7 +1,8 @@
 """The training crop for loader workers: RandomResizedCrop + flip, seeded per sample, uint8 out.
 
 It draws exactly what torchvision's ``RandomResizedCrop`` (then ``RandomHorizontalFlip``) draws
-from torch's global generator seeded with the sample's seed, but from a private
+(or with ``style="tf"`` the one-draw crop of MAE's code, :func:`tf_crop_box`) from torch's
+global generator seeded with the sample's seed, but from a private
 :class:`torch.Generator`, so a worker need not save and restore the global state per sample.
 Where the time goes instead:
 
@@ -33,7 +34,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import simplejpeg
 import torch
@@ -94,6 +95,30 @@ def random_crop_box(generator: torch.Generator, *, height: int, width: int,
     else:
         crop_width, crop_height = width, height
     return CropBox((height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width)
+
+
+def tf_crop_box(generator: torch.Generator, *, height: int, width: int,
+                scale: tuple[float, float], ratio: tuple[float, float] = ASPECT_RATIOS) -> CropBox:
+    """The TF-style crop of MAE's code and the GMAE authors': one draw of area and aspect ratio
+    (torchvision's first try, the same draws in the same order), each side then clipped to the
+    image (and kept at least 1 px), no retries and no centre-crop fallback. Where torchvision's
+    first try fits, both give the same box; where a side is clipped, the aspect ratio changes.
+    """
+    area = height * width
+    log_ratio = _log_ratio(ratio)
+    target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+    aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1],
+                                              generator=generator).item())
+    crop_width = min(max(1, int(round(math.sqrt(target_area * aspect)))), width)
+    crop_height = min(max(1, int(round(math.sqrt(target_area / aspect)))), height)
+    top = int(torch.randint(0, height - crop_height + 1, size=(1,), generator=generator))
+    left = int(torch.randint(0, width - crop_width + 1, size=(1,), generator=generator))
+    return CropBox(top, left, crop_height, crop_width)
+
+
+CropStyle = Literal["torchvision", "tf"]
+"""How a training crop's box is drawn: :func:`random_crop_box` or :func:`tf_crop_box`."""
+CROP_BOXES = {"torchvision": random_crop_box, "tf": tf_crop_box}
 
 
 @functools.cache
@@ -202,7 +227,8 @@ def whole_decode(crop: TrainCrop, data: bytes, size: tuple[int, int], box: CropB
 
 @dataclass(frozen=True)
 class TrainCrop:
-    """RandomResizedCrop (bicubic) to ``size`` + horizontal flip, as uint8 ``[3 size size]``.
+    """RandomResizedCrop (bicubic) to ``size`` + horizontal flip, as uint8 ``[3 size size]``;
+    ``style`` (:data:`CropStyle`) says how the box is drawn.
 
     A plain JPEG goes through :attr:`strategies` in order, chosen once when the crop is built:
     :func:`region_decode` where ``splathead_recipes._jpeg`` is built (unless
@@ -213,6 +239,7 @@ class TrainCrop:
     size: int
     scale: tuple[float, float]
     hflip: bool = True
+    style: CropStyle = "torchvision"
     jpeg_draft: bool = True
     region_decode: bool = True
     strategies: tuple[DecodeStrategy, ...] = field(init=False, repr=False, compare=False)
@@ -225,7 +252,7 @@ class TrainCrop:
     def draw(self, seed: int, *, height: int, width: int) -> tuple[CropBox, bool]:
         """The crop box and whether to flip, for an image of ``height`` x ``width``."""
         generator = torch.Generator().manual_seed(seed)
-        box = random_crop_box(generator, height=height, width=width, scale=self.scale)
+        box = CROP_BOXES[self.style](generator, height=height, width=width, scale=self.scale)
         return box, self.hflip and torch.rand(1, generator=generator).item() < 0.5
 
     @typecheck

@@ -75,7 +75,7 @@ class Batch(NamedTuple):
 def train_crop(config: RunConfig) -> TrainCrop:
     """The paper's augmentation: RandomResizedCrop (bicubic) + horizontal flip."""
     return TrainCrop(config.img_size, config.crop_scale, hflip=config.hflip,
-                     jpeg_draft=config.jpeg_draft)
+                     style=config.crop_style, jpeg_draft=config.jpeg_draft)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

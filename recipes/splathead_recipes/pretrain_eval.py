@@ -5,8 +5,9 @@ What ``recipes/gmae_imagenet.py`` measures every ``--eval-every`` epochs and at 
 
 - on labelled data (an ImageFolder of more than one class) with ``<data-path>/val`` holding the
   same classes: :class:`OnlineProbeTraining` trains one ``BatchNorm1d(affine=False) + Linear``
-  probe per encoder block on the detached, mean-pooled tokens of every training micro-batch,
-  with its own AdamW; the evaluation scores them on ``val/`` (centre crops) beside the
+  probe per encoder block on the detached, mean-pooled tokens of every training micro-batch
+  (``--probe-view``: the masked training pass's patch tokens, or all tokens of a second pass
+  over the whole image), with its own AdamW; the evaluation scores them on ``val/`` (centre crops) beside the
   reconstruction metrics;
 - otherwise the reconstruction metrics run on a fixed set: 256 training images held out of
   training (at most a tenth of the folder), or, for the bundled photos, 64 fixed crops of them.
@@ -34,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from splathead_recipes.config import Config, ConfigError
+from splathead_recipes.config import Config, ConfigError, ProbeView
 from splathead_recipes.crops import CentreCrop
 from splathead_recipes.data import (
     Batch, PhotoCrops, SafeImageFolder, collate, train_crop)
@@ -129,12 +130,17 @@ class OnlineProbeTraining:
         lr: the probes' constant learning rate.
         runtime: where the probes live; DDP under torchrun.
         log_every: steps between the probes' training-loss records.
+        view: :data:`~splathead_recipes.config.ProbeView`, the features the probes train and are scored on.
     """
 
     def __init__(self, model: GMAE, *, num_classes: int, lr: float, runtime: Runtime,
-                 log_every: int) -> None:
+                 log_every: int, view: ProbeView = "masked") -> None:
+        if view not in ("masked", "full"):
+            raise ValueError(f"view must be 'masked' or 'full', got {view!r}")
         encoder = model.encoder
-        self.blocks = BlockFeatures(encoder.blocks, num_prefix_tokens=encoder.num_prefix_tokens)
+        self.encoder = encoder if view == "full" else None
+        self.blocks = BlockFeatures(
+            encoder.blocks, num_prefix_tokens=0 if view == "full" else encoder.num_prefix_tokens)
         self.probes = OnlineProbes(embed_dim=encoder.embed_dim, num_classes=num_classes,
                                    num_blocks=len(self.blocks)).to(runtime.device)
         self.optimizer = torch.optim.AdamW(self.probes.parameters(), lr=lr, weight_decay=0.0)
@@ -149,10 +155,18 @@ class OnlineProbeTraining:
 
         def forward_and_collect(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Any]:
             loss, output = forward(model, batch)
-            self._pending.append((self.blocks.features(), batch.labels))
+            self._pending.append((self._features(batch.images), batch.labels))
             return loss, output
 
         return forward_and_collect
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[blocks b d]``: the latest pass's block features, or under the full view those of
+        a pass over every patch of ``images``, made here without gradient."""
+        if self.encoder is not None:
+            with torch.no_grad():
+                self.encoder(images)
+        return self.blocks.features()
 
     def __call__(self, step: int, result: StepResult) -> dict[str, float]:
         """One probe step on the features collected since the last one (a step hook)."""
@@ -167,11 +181,12 @@ class OnlineProbeTraining:
         return {"probe_loss": loss.item()} if step % self.log_every == 0 else {}
 
     @torch.no_grad()
-    def correct(self, labels: torch.Tensor) -> torch.Tensor:
-        """``[blocks]``: how many of the latest forward pass's images each probe classifies
-        right (the probes in eval mode: BatchNorm's running statistics)."""
+    def correct(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``[blocks]``: how many of ``images`` each probe classifies right (the probes in eval
+        mode: BatchNorm's running statistics), from the latest forward pass over them, or
+        under the full view from a pass over every patch."""
         self.probes.eval()
-        logits = self.probes(self.blocks.features())
+        logits = self.probes(self._features(images))
         return (logits.argmax(dim=-1) == labels).sum(dim=1)
 
     def state_dict(self) -> dict[str, Any]:
@@ -243,7 +258,7 @@ class FixedMaskEvaluation:
             sums.update({f"gauss_{name}": share.sum()
                          for name, share in health._asdict().items()})
             if self.probes is not None:
-                for index, correct in enumerate(self.probes.correct(batch.labels)):
+                for index, correct in enumerate(self.probes.correct(batch.images, batch.labels)):
                     sums[f"probe_top1/{index:03d}"] = correct * 100.0
             return sums
 

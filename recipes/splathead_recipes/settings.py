@@ -16,6 +16,7 @@ from typing import Literal
 
 from splathead_recipes.checkpoint import foreign_run_problem
 from splathead_recipes.cli import flag, option
+from splathead_recipes.crops import CropStyle
 from splathead_recipes.run_lock import folder_in_use
 
 GPU_DECODE_HELP = ("decode JPEGs with nvJPEG on the GPU, crop and resize there; loader workers "
@@ -35,6 +36,9 @@ class RunConfig:
     data_path: str | None = option(None, "ImageFolder root holding train/<class>/ (and "
                                    "val/<class>/ for evaluations on it)")
     crop_scale: tuple[float, float] = option((0.08, 1.0), "RandomResizedCrop area range")
+    crop_style: CropStyle = option(
+        "torchvision", "RandomResizedCrop's box: torchvision (up to ten draws, then the centre "
+        "crop) or tf (one draw, sides clipped to the image: MAE's code and the GMAE authors')")
     hflip: bool = option(True, "random horizontal flips")
     jpeg_draft: bool = option(True, "decode a JPEG at 1/2, 1/4 or 1/8 size when the crop is at "
                               "least that many times the output size (libjpeg's scaled DCT)")
@@ -51,7 +55,8 @@ class RunConfig:
     epochs: int = option(400, "training length in epochs")
     weight_decay: float = option(0.05, "AdamW decay (not on biases, norms, 1-D params, tokens)")
     clip_grad: float = option(2.0, "gradient-norm clip (0 turns it off)")
-    precision: Literal["bf16", "fp16", "fp32"] = option("bf16", "autocast dtype (fp32: none)")
+    precision: Literal["bf16", "fp16", "fp32"] = option("bf16", "autocast dtype (fp32: none; "
+                                                         "fp16 on CUDA only)")
     compile: bool = option(False, "torch.compile the transformer blocks")
 
     # System.
@@ -129,9 +134,9 @@ def check_devices(config: RunConfig, world_size: int, cuda_available: bool) -> s
         return "--device cuda but CUDA is not available; use --device cpu"
     if config.backend == "nccl" and not uses_cuda(config, cuda_available):
         return "--backend nccl needs CUDA; use --backend gloo (or auto) on CPU"
-    if config.precision != "fp32" and not uses_cuda(config, cuda_available):
-        return (f"--precision {config.precision} autocasts on CUDA only; use --precision fp32 "
-                f"on CPU")
+    if config.precision == "fp16" and not uses_cuda(config, cuda_available):
+        return ("--precision fp16 (autocast with a grad scaler) runs on CUDA only; use bf16 "
+                "(torch's CPU autocast) or fp32 on CPU")
     return None
 
 
