@@ -62,7 +62,8 @@ from splathead.zeroshot import (
 )
 
 from splathead_recipes.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_dir
-from splathead_recipes.models import load_pretrained, run_checkpoint_command
+from splathead_recipes.image_files import read_rgb
+from splathead_recipes.models import check_checkpoint_flag, load_pretrained, run_checkpoint_command
 
 log = logging.getLogger("zeroshot_bsds")
 
@@ -91,11 +92,6 @@ def canny_edges(image: np.ndarray) -> np.ndarray:
 def save_edge_png(path: Path, edges: np.ndarray) -> None:
     """A soft map in [0, 1] as the 8-bit PNG the benchmark reads (value / 255)."""
     Image.fromarray(np.round(np.clip(edges, 0, 1) * 255).astype(np.uint8)).save(path)
-
-
-def load_image(path: Path) -> np.ndarray:
-    """``[h w 3]`` uint8 RGB."""
-    return np.array(Image.open(path).convert("RGB"))
 
 
 def model_input(images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
@@ -183,9 +179,9 @@ def save_figures(model, ids: list[str], images: list[np.ndarray], output_dir: Pa
     log.info("wrote %s and %s", output_dir / "overview.png", output_dir / "layers.png")
 
 
-def predict(args, ids: list[str], model, device: torch.device) -> None:
+def predict(args, ids: list[str], images: list[np.ndarray], model, device: torch.device) -> None:
     """Write ``<output-dir>/<method>/<id>.png`` for every method and image."""
-    data_dir, output_dir = Path(args.data_dir), Path(args.output_dir)
+    output_dir = Path(args.output_dir)
     predictors = {
         "gmae": lambda images: gmae_edges(model, images, args, device),
         "sobel": lambda images: [sobel_edges(image) for image in images],
@@ -196,10 +192,9 @@ def predict(args, ids: list[str], model, device: torch.device) -> None:
         (output_dir / method).mkdir(parents=True, exist_ok=True)
     for start in tqdm(range(0, len(ids), args.batch_size), desc="predicting", unit="batch"):
         batch_ids = ids[start : start + args.batch_size]
-        images = [load_image(data_dir / "images" / f"{image_id}.jpg") for image_id in batch_ids]
         for method in args.methods:
             began = time.perf_counter()
-            edge_maps = predictors[method](images)
+            edge_maps = predictors[method](images[start : start + args.batch_size])
             seconds[method] += time.perf_counter() - began
             for image_id, edge_map in zip(batch_ids, edge_maps):
                 save_edge_png(output_dir / method / f"{image_id}.png", edge_map)
@@ -213,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
     ids = ids[: args.limit] if args.limit else ids
     if not ids:
         raise SystemExit(f"no groundTruth/*.mat in {data_dir}")
+    # Every image is read before any work, so a missing or unreadable one is named up front.
+    images = [read_rgb(data_dir / "images" / f"{image_id}.jpg") for image_id in ids]
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -221,13 +218,11 @@ def run(args: argparse.Namespace) -> int:
     if "gmae" in args.methods:
         model = load_model(args.checkpoint, img_size=args.img_size, device=device)
         check_model_options(args, model)
-        first = [load_image(data_dir / "images" / f"{i}.jpg") for i in ids[: args.batch_size]]
-        resolve_order(model, first, args, device)
-    predict(args, ids, model, device)
+        resolve_order(model, images[: args.batch_size], args, device)
+    predict(args, ids, images, model, device)
     if model is not None and args.num_vis:
-        shown = ids[: args.num_vis]
-        images = [load_image(data_dir / "images" / f"{image_id}.jpg") for image_id in shown]
-        save_figures(model, shown, images, output_dir, args, device)
+        save_figures(model, ids[: args.num_vis], images[: args.num_vis], output_dir, args,
+                     device)
 
     rows = []
     for method in args.methods:
@@ -320,7 +315,10 @@ def model_options(command: argparse.ArgumentParser) -> None:
 
 
 def check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Exit 2 naming the flag when a mask or output setting is unusable, before any work."""
+    """Exit 2 naming the flag when the checkpoint, a mask or output setting is unusable, before
+    any work."""
+    if "gmae" in args.methods:
+        check_checkpoint_flag(parser, args.checkpoint)
     if args.num_masks < 1:
         parser.error(f"--num-masks must be >= 1, got {args.num_masks}")
     if args.mask_ratio is not None and not 0 <= args.mask_ratio < 1:

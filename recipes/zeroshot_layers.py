@@ -2,10 +2,11 @@
 
     # 600 training + 50 test scenes, 64 px (seed 0)
     python recipes/zeroshot_layers.py make-data --output-dir data/leaves
-    # pretrain on them (any gmae_imagenet.py settings; --preset layers-demo is the measured one)
-    python recipes/gmae_imagenet.py --preset layers-demo --data-path data/leaves
+    # pretrain on them (any gmae_imagenet.py settings; these are docs/zeroshot.md's run C)
+    python recipes/gmae_imagenet.py --preset demo --dataset imagefolder --data-path data/leaves \\
+        --epochs 600 --eval-every 100 --output-dir runs/leaves
     # score a checkpoint against the baselines: one markdown table, then a summary line
-    python recipes/zeroshot_layers.py score --checkpoint runs/layers-demo/checkpoint-00004000.pt \\
+    python recipes/zeroshot_layers.py score --checkpoint runs/leaves/checkpoint-00009600.pt \\
         --data-dir data/leaves
 
 **Data.** Each scene is a flat background of one random colour with 2 to 5 opaque shapes (discs,
@@ -68,9 +69,10 @@ from skimage.draw import disk, ellipse, polygon
 from zeroshot_bsds import load_model, model_input, model_options, sobel_edges
 
 from splathead_recipes.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_image, summarize
+from splathead_recipes.image_files import read_mask, read_rgb, same_size
 from splathead.gaussians import Gaussians
 from splathead.zeroshot import choose_order, figure_ground, masked_reconstructions, soft_edges
-from splathead_recipes.models import run_checkpoint_command
+from splathead_recipes.models import check_checkpoint_flag, run_checkpoint_command
 
 SHAPES = ("disc", "ellipse", "rectangle", "triangle")
 NUM_SHUFFLES = 5
@@ -178,8 +180,18 @@ def make_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_pngs(folder: Path, ids: list[str]) -> np.ndarray:
-    return np.stack([np.array(Image.open(folder / f"{image_id}.png")) for image_id in ids])
+def read_test_set(test_dir: Path, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images ``[n h w 3]`` uint8, front masks and boundaries ``[n h w]`` bool of ``ids``, all of
+    one size; :class:`~splathead_recipes.image_files.ImageFileError` names a file that is
+    missing, unreadable or of another size."""
+    image_paths = [test_dir / "images" / f"{image_id}.png" for image_id in ids]
+    images = [read_rgb(path) for path in image_paths]
+    stacked = [same_size(images, image_paths)]
+    for folder in ("front", "boundaries"):
+        paths = [test_dir / folder / f"{image_id}.png" for image_id in ids]
+        stacked.append(same_size([read_mask(path) for path in paths], paths, like=images,
+                                 like_paths=image_paths))
+    return tuple(stacked)
 
 
 @dataclass
@@ -278,9 +290,8 @@ def score(args: argparse.Namespace) -> int:
     if not ids or not train_paths:
         raise SystemExit(f"error: --data-dir {data_dir}: no test/images/*.png or train/*/*.png "
                          "(write it with make-data)")
-    images = _read_pngs(data_dir / "test" / "images", ids)
-    fronts = _read_pngs(data_dir / "test" / "front", ids) > 127
-    boundaries = _read_pngs(data_dir / "test" / "boundaries", ids) > 127
+    images, fronts, boundaries = read_test_set(data_dir / "test", ids)
+    train = [read_rgb(path) for path in train_paths] if args.order == "auto" else []
     model = load_model(args.checkpoint, img_size=args.img_size, device=torch.device("cpu"))
     ratio = model.mask_ratio if args.mask_ratio is None else args.mask_ratio
     if ratio and int(model.num_patches * (1 - ratio)) < 1:
@@ -288,9 +299,8 @@ def score(args: argparse.Namespace) -> int:
                          f"{model.num_patches} patches visible")
     order = args.order
     if order == "auto":
-        train = np.stack([np.array(Image.open(path).convert("RGB")) for path in train_paths])
         with torch.no_grad():
-            batch = model_input(list(train), model.img_size)
+            batch = model_input(train, model.img_size)
             output = masked_reconstructions(model, (batch - model.mean) / model.std,
                                             mask_ratio=ratio, seed=args.mask_seed)[0]
             choice = choose_order(output.gaussians.to(torch.float32), model.renderer)
@@ -401,8 +411,7 @@ def check_score(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for folder in ("test/images", "test/front", "test/boundaries", "train"):
         if not (data_dir / folder).is_dir():
             parser.error(f"--data-dir {data_dir} has no {folder}/ (write it with make-data)")
-    if args.checkpoint != "none" and not Path(args.checkpoint).is_file():
-        parser.error(f"--checkpoint {args.checkpoint} is not a file")
+    check_checkpoint_flag(parser, args.checkpoint)
     if args.output and Path(args.output).exists():
         parser.error(f"--output {args.output} exists; score never writes over a file")
     try:

@@ -299,3 +299,50 @@ def test_score_cli_rejects_bad_settings_before_work(folders, capsys, flag, value
         load_recipe().main(["score", "--pred-dir", str(pred), "--gt-dir", str(gt), flag, value])
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def bsds_split(root: Path) -> Path:
+    """A two-image BSDS split: ``images/a.jpg``, ``images/b.jpg`` and their ground truth."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "groundTruth").mkdir()
+    for image_id in ("a", "b"):
+        write_ground_truth(root / "groundTruth" / f"{image_id}.mat")
+        Image.fromarray(np.full((6, 9, 3), 128, dtype=np.uint8)).save(
+            root / "images" / f"{image_id}.jpg")
+    return root
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda images: (images / "b.jpg").unlink(),
+     r"images/b.jpg: no such file \(expected an RGB or grey image\)"),
+    (lambda images: (images / "b.jpg").write_bytes((images / "a.jpg").read_bytes()[:40]),
+     r"images/b.jpg: expected an RGB or grey image, but it cannot be read"),
+], ids=["missing", "corrupt"])
+def test_run_names_an_image_it_cannot_read_before_any_work(tmp_path, capsys, monkeypatch, damage,
+                                                           message):
+    import re
+
+    recipe = load_recipe()
+    data = bsds_split(tmp_path / "val")
+    damage(data / "images")
+    monkeypatch.setattr(recipe, "load_model", lambda *a, **k: pytest.fail("model built"))
+    argv = ["run", "--data-dir", str(data), "--checkpoint", "none",
+            "--output-dir", str(tmp_path / "out")]
+    assert recipe.main(argv) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_names_a_missing_checkpoint_before_any_work(tmp_path, capsys):
+    data = bsds_split(tmp_path / "val")
+    argv = ["run", "--data-dir", str(data), "--checkpoint", "missing.pt",
+            "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        load_recipe().main(argv)
+    assert exit_info.value.code == 2
+    assert "--checkpoint missing.pt: no such file (expected a gmae_imagenet.py checkpoint" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import gmae_imagenet
@@ -129,3 +130,90 @@ def test_gain_interval_covers_the_mean_gain_and_narrows_with_more_scenes():
     (low_few, high_few), (low_many, high_many) = map(zeroshot_layers.gain_interval, (few, many))
     assert low_few < few.mean() < high_few and low_many < 0.1 < high_many
     assert high_many - low_many < (high_few - low_few) / 5
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """A tiny make-data folder that each test copies before damaging it."""
+    data = tmp_path_factory.mktemp("scenes") / "leaves"
+    assert zeroshot_layers.main(["make-data", "--output-dir", str(data), "--num-train", "2",
+                                 "--num-test", "2", "--size", "32"]) == 0
+    return data
+
+
+def resize(path: Path) -> None:
+    with Image.open(path) as image:
+        image.resize((40, 36)).save(path)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda test: resize(test / "images" / "00001.png"),
+     r"test/images/00001.png: 36x40 pixels \(height x width\), expected 32x32, the size of "
+     r".*test/images/00000.png"),
+    (lambda test: resize(test / "front" / "00001.png"),
+     r"test/front/00001.png: 36x40 pixels \(height x width\), expected 32x32, the size of "
+     r".*test/images/00001.png"),
+    (lambda test: (test / "front" / "00000.png").unlink(),
+     r"test/front/00000.png: no such file \(expected a one-channel 8-bit mask"),
+    (lambda test: truncate(test / "images" / "00000.png"),
+     r"test/images/00000.png: expected an RGB or grey image, but it cannot be read "
+     r"\(OSError: image file is truncated"),
+    (lambda test: Image.new("RGB", (32, 32)).save(test / "boundaries" / "00001.png"),
+     r"test/boundaries/00001.png: expected a one-channel 8-bit mask \(0 / 255\), found PIL "
+     r"mode RGB \(3 channels\)"),
+], ids=["image-size", "front-size", "front-missing", "image-corrupt", "mask-rgb"])
+def test_score_names_a_test_file_it_cannot_use_before_any_work(scenes, tmp_path, capsys,
+                                                               monkeypatch, damage, message):
+    data = tmp_path / "leaves"
+    shutil.copytree(scenes, data)
+    damage(data / "test")
+    monkeypatch.setattr(zeroshot_layers, "load_model", lambda *a, **k: pytest.fail("model built"))
+    assert zeroshot_layers.main(["score", "--checkpoint", "none", "--data-dir", str(data)]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+
+
+def test_transparent_test_images_read_as_the_training_data_does(scenes, tmp_path):
+    """RGBA (or grey) files are converted, composited onto white like training images."""
+    data = tmp_path / "leaves"
+    shutil.copytree(scenes, data)
+    path = data / "test" / "images" / "00000.png"
+    rgba = np.array(Image.open(path).convert("RGBA"))
+    rgba[0, 0, 3] = 0  # one transparent pixel
+    Image.fromarray(rgba).save(path)
+    Image.open(data / "test" / "images" / "00001.png").convert("L").save(
+        data / "test" / "images" / "00001.png")
+    ids = ["00000", "00001"]
+    images, fronts, _ = zeroshot_layers.read_test_set(data / "test", ids)
+    original, _, _ = zeroshot_layers.read_test_set(scenes / "test", ids)
+    assert images.shape == original.shape == (2, 32, 32, 3) and fronts.shape == (2, 32, 32)
+    assert (images[0, 0, 0] == 255).all()
+    assert np.array_equal(images[0].reshape(-1, 3)[1:], original[0].reshape(-1, 3)[1:])
+    grey = np.array(Image.fromarray(original[1]).convert("L"))
+    assert np.array_equal(images[1], np.repeat(grey[..., None], 3, axis=-1))
+
+
+def test_score_names_a_missing_checkpoint_before_any_work(scenes, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        zeroshot_layers.main(["score", "--checkpoint", "missing.pt", "--data-dir", str(scenes)])
+    assert exit_info.value.code == 2
+    assert "--checkpoint missing.pt: no such file (expected a gmae_imagenet.py checkpoint" in (
+        capsys.readouterr().err)
+
+
+def test_the_docstrings_pretraining_command_parses_with_real_presets_and_flags():
+    import shlex
+
+    from splathead_recipes.config import parse_config
+
+    text = zeroshot_layers.__doc__.replace("\\\n", " ")
+    (command,) = [line for line in text.splitlines() if "gmae_imagenet.py" in line
+                  and line.strip().startswith("python")]
+    argv = shlex.split(command)[2:]
+    assert "--preset" in argv
+    config = parse_config(argv)
+    assert config.data_path == "data/leaves" and config.dataset == "imagefolder"

@@ -13,6 +13,7 @@ from splathead import GMAE
 
 from splathead_recipes import checkpoint
 from splathead_recipes.config import MODEL_NAMES, Config, load_config
+from splathead_recipes.image_files import ImageFileError
 
 # The factories exported at the package top level, by the names ``--model`` takes (checked in
 # validation).
@@ -60,11 +61,22 @@ def model_from_state(state: dict[str, Any], path: Path) -> GMAE:
     return model
 
 
+def check_checkpoint_flag(parser: argparse.ArgumentParser, path: str) -> None:
+    """Exit 2 naming ``--checkpoint`` unless it is ``none`` (an untrained model) or a file."""
+    if path != "none" and not Path(path).is_file():
+        parser.error(f"--checkpoint {path}: no such file (expected a gmae_imagenet.py "
+                     "checkpoint, or 'none' for an untrained gmae_vit_tiny)")
+
+
 def run_checkpoint_command(args: argparse.Namespace) -> int:
-    """``args.handler(args)`` of a command that reads ``--checkpoint``: a checkpoint that cannot be
-    used ends it with exit status 2 and one message naming the flag and the file."""
+    """``args.handler(args)`` of a command that reads ``--checkpoint`` and input images: a
+    checkpoint or an image file that cannot be used ends it with exit status 2 and one message
+    naming the flag or the file."""
     try:
         return args.handler(args)
     except checkpoint.CheckpointError as error:
         print(f"error: --checkpoint {error}", file=sys.stderr)
+        return 2
+    except ImageFileError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
