@@ -106,6 +106,19 @@ def test_non_finite_loss_stops_with_the_step_and_writes_no_checkpoint(tmp_path, 
     assert checkpoints(tmp_path) == ["checkpoint-00000001.pt", "checkpoint-00000002.pt"]
 
 
+def test_a_diverging_learning_rate_stops_naming_the_step_and_the_last_good_checkpoint(
+        tmp_path, caplog):
+    """--lr 1e30: the update after step 0 leaves huge finite weights (checkpointed), whose
+    forward gives NaN Gaussians; the checkpoint holding those weights is not the good one."""
+    assert run(tmp_path, "--lr", "1e30", "--epochs", "3", "--checkpoint-every", "1") == 1
+    match = re.search(r"non-finite model at step (\d+) \(epoch \d+\): its weights give "
+                      r"invalid Gaussians: means holds NaN or Inf.*\(learning rate .*"
+                      r"Last good checkpoint: \S+/checkpoint-(\d+)\.pt", caplog.text)
+    assert match, caplog.text
+    failed_at, good = int(match[1]), int(match[2])
+    assert good == failed_at - 1 and f"checkpoint-{failed_at:08d}.pt" in checkpoints(tmp_path)
+
+
 def test_a_full_disk_ends_the_run_with_exit_1_naming_the_file_and_keeps_the_checkpoints(
         tmp_path, monkeypatch, caplog):
     """torch.save's own error on a full disk at the third checkpoint: exit 1 naming the file
@@ -212,13 +225,25 @@ def test_resume_auto_refuses_when_no_checkpoint_loads_and_lists_them(tmp_path, c
     assert files_of(tmp_path) == before
 
 
-def test_a_torn_last_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path, caplog):
+@pytest.mark.parametrize("torn", [b'{"step": 3, "epoch": 1.5, "lo', b'{"step": 3, "note": "\xc3'],
+                         ids=["ascii", "inside-a-utf8-character"])
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path, caplog, torn):
     run(tmp_path, "--epochs", "2", "--max-steps", "2")
-    with open(tmp_path / "metrics.jsonl", "a") as metrics:
-        metrics.write('{"step": 3, "epoch": 1.5, "lo')
+    with open(tmp_path / "metrics.jsonl", "ab") as metrics:
+        metrics.write(torn)
     assert run(tmp_path, "--epochs", "2", "--resume", "auto") == 0
     assert "is not a complete record" in caplog.text
     assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_dir_that_cannot_be_created_exits_2_before_the_model_is_built(
+        monkeypatch, capsys, caplog):
+    """/proc takes no new folder, not even from root (whom the permission check lets pass)."""
+    monkeypatch.setattr(recipe, "build_model_for", lambda config: pytest.fail("model built"))
+    assert recipe.main([*TINY, "--output-dir", "/proc/out"]) == 2
+    assert re.search(r"--output-dir /proc/out: (cannot create /proc/out|/proc is not writable)",
+                     capsys.readouterr().err + caplog.text)
 
 
 def test_no_checkpoint_holds_a_non_finite_tensor(tmp_path, monkeypatch, caplog):

@@ -383,6 +383,8 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def newest_name(directory: Path) -> Path | str:
-    newest = list_checkpoints(directory)
+def newest_name(directory: Path, *, before: int | None = None) -> Path | str:
+    """The newest checkpoint in ``directory`` (of a step below ``before`` if given), or "none"."""
+    newest = [path for path in list_checkpoints(directory)
+              if before is None or step_of(path) < before]
     return newest[0] if newest else "none"

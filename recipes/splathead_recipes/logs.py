@@ -49,24 +49,25 @@ class MetricsLog:
                         mininterval=1.0 if sys.stderr.isatty() else 30.0)
 
     def _drop_records_after(self, step: int) -> None:
-        """Keep the records up to ``step``; drop a line torn by a kill during its write."""
+        """Keep the records up to ``step``; drop a line torn by a kill during its write (cut
+        inside a multi-byte character too: the file is read as bytes, line by line)."""
         if not self.path.exists():
             return
-        text = self.path.read_text()
+        data = self.path.read_bytes()
         kept = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for a torn character
                 log.warning("%s line %d is not a complete record (a write cut short?); "
                             "dropped: %r", self.path, number, line[:80])
                 continue
             if record.get("event") not in _ONCE_PER_RUN and record["step"] <= step:
-                kept.append(line)
+                kept.append(line.decode())
         rewritten = "".join(line + "\n" for line in kept)
-        if rewritten != text:
+        if rewritten.encode() != data:
             write_text_atomic(rewritten, self.path)
 
     def log_step(self, step: int, *, loss: float, lr: float, grad_norm: float,

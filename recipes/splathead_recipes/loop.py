@@ -25,6 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from splathead.gaussians import InvalidGaussiansError
+
 from splathead_recipes import checkpoint, distributed
 from splathead_recipes.checkpoint import (
     Checkpointer, CheckpointError, NonFiniteError, Stateful, WriteError, newest_name,
@@ -33,7 +35,7 @@ from splathead_recipes.cli import ConfigError
 from splathead_recipes.data import ResumableSampler, stop_workers
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.logs import MetricsLog, setup_logging
-from splathead_recipes.run_lock import FolderInUseError, FolderLock
+from splathead_recipes.run_lock import FolderLock, FolderUnusableError
 from splathead_recipes.settings import RunConfig
 from splathead_recipes.train_step import Forward, StepResult, TrainStep
 
@@ -215,9 +217,18 @@ def _prepare(settings: RunConfig, runtime: Runtime, step_fn: TrainStep, *,
 def _optimizer_step(step_fn: TrainStep, batches: Iterator, lr: float, *, step: int,
                     stop: StopSignal, output_dir: Path, steps_per_epoch: int) -> StepResult:
     """Step ``step`` at learning rate ``lr``; :class:`NonFiniteError` (naming the last good
-    checkpoint) instead of an optimiser step on a non-finite loss or gradient."""
+    checkpoint) instead of an optimiser step on a non-finite loss or gradient, or when the
+    model's weights give invalid Gaussians (the weights the earlier steps left, so the last good
+    checkpoint is one from before ``step``)."""
     step_fn.set_learning_rate(lr)
-    result = step_fn(batches, stop_requested=stop.received is not None)
+    try:
+        result = step_fn(batches, stop_requested=stop.received is not None)
+    except InvalidGaussiansError as error:
+        raise NonFiniteError(
+            f"non-finite model at step {step} (epoch {step // steps_per_epoch}): its weights "
+            f"give {error}, so they diverged in the steps before (learning rate {lr:.3g} now: "
+            f"too high, or too short a warmup?). Last good checkpoint: "
+            f"{newest_name(output_dir, before=step)}") from None
     if result.non_finite:
         raise NonFiniteError(
             f"non-finite loss or gradient at step {step} (epoch {step // steps_per_epoch}); "
@@ -285,7 +296,7 @@ def run_recipe(config: Any, *, validate: Callable[..., None],
     if os.environ.get("RANK", "0") == "0":  # one lock per job, held by global rank 0
         try:
             lock = FolderLock(Path(config.output_dir))
-        except FolderInUseError as error:  # taken since validation
+        except FolderUnusableError as error:  # taken since validation, or not writable after all
             print(f"error: {error}", file=sys.stderr)
             return 2
     runtime = distributed.setup(config.device, config.backend)

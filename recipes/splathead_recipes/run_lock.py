@@ -15,7 +15,11 @@ from typing import IO
 LOCK_NAME = ".run.lock"
 
 
-class FolderInUseError(RuntimeError):
+class FolderUnusableError(RuntimeError):
+    """The run cannot take ``--output-dir``; the message names the folder and why."""
+
+
+class FolderInUseError(FolderUnusableError):
     """Another live process holds the folder's lock; the message names the folder and its pid."""
 
 
@@ -45,7 +49,9 @@ class FolderLock:
     """``directory``'s lock, held from construction until :meth:`release` or the process's end.
 
     Creates the folder if needed and writes this process's pid into the lock file;
-    :class:`FolderInUseError` if another process holds it. A folder this lock created is removed
+    :class:`FolderInUseError` if another process holds it, :class:`FolderUnusableError` if the
+    folder or the lock file cannot be created (a place only a write reveals, such as ``/proc``
+    for root, whom permission bits do not stop). A folder this lock created is removed
     again on release if the run left nothing else in it (a run refused after the lock changes
     nothing).
     """
@@ -53,8 +59,14 @@ class FolderLock:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.created = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
-        self.handle = open(directory / LOCK_NAME, "a+")  # created if missing, not truncated
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.handle = open(directory / LOCK_NAME, "a+")  # created if missing, not truncated
+        except OSError as error:
+            raise FolderUnusableError(
+                f"--output-dir {directory}: cannot create {error.filename or directory} "
+                f"({error.strerror or error}); expected a folder this process can write in"
+            ) from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
