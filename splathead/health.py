@@ -33,7 +33,8 @@ BORDER_MARGIN = 0.02
 COLLAPSE_BORDER = 0.95
 COLLAPSE_INVISIBLE = 0.95
 COLLAPSE_COVERAGE = 0.3
-"""Collapse thresholds, from the runs of ``docs/collapse_probe.py`` (``docs/pretraining.md``):
+"""Collapse thresholds, from the runs of ``benchmarks/collapse_probe.py``
+(``docs/pretraining.md``):
 collapsed runs held 99.7-100% of their centres on the border, at 5-18% coverage, from their
 first step on; healthy ones reached at most 86% on the border (a passing moment in warmup, back
 under 20% within a few steps) and covered 85-98% of the image once trained."""

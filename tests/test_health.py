@@ -90,7 +90,7 @@ def test_alpha_of_another_size_is_refused_naming_alpha():
 
 
 def test_healthy_figures_give_no_warning():
-    # docs/collapse_probe.py's healthy runs: trained, a passing moment in warmup, the first
+    # benchmarks/collapse_probe.py's healthy runs: trained, a passing moment in warmup, the first
     # step's low coverage; and white images, which need no Gaussian.
     assert collapse_warning(border=0.18, invisible=0.0, coverage=0.93) is None
     assert collapse_warning(border=0.86, invisible=0.0, coverage=0.15) is None

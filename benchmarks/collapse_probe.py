@@ -6,10 +6,11 @@ The drop-in GMAE of docs/drop_in.md on the MAE-structured stand-in of tests/test
 Every step records the loss, the head's pre-activations (centre x, y and opacity, before their
 sigmoids), the gradient reaching them, and the Gaussian health shares (splathead.health).
 
-    python docs/collapse_probe.py run --out nowarmup.json                 # lr 1.56e-4, no warmup
-    python docs/collapse_probe.py run --warmup 20 --out warmup.json
-    python docs/collapse_probe.py first-step                              # which weights move it
-    python docs/collapse_probe.py plot nowarmup.json warmup.json --png docs/images/collapse.png
+    python benchmarks/collapse_probe.py run --out nowarmup.json     # lr 1.56e-4, no warmup
+    python benchmarks/collapse_probe.py run --warmup 20 --out warmup.json
+    python benchmarks/collapse_probe.py first-step                  # which weights move it
+    python benchmarks/collapse_probe.py plot nowarmup.json warmup.json \\
+        --png docs/images/collapse.png
 
 ``--width 512`` (the default) is the paper's decoder (512 wide, 8 blocks, 256 Gaussians) after a
 4-block 768-wide encoder at 32 px in 4 px patches; ``--width 128`` the doc's laptop model.
