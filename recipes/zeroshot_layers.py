@@ -48,7 +48,9 @@ confidence interval (scipy's bootstrap of the mean, seeded).
 The order is ``--order auto`` by default: :func:`splathead.zeroshot.choose_order` on the first
 ``--batch-size`` *training* images (no labels), logged and named in the table. The last line is
 ``iou=X iou_shuffled=Y ods=Z ods_shuffled=W`` for the default settings. Images are resized
-(bicubic) to the model's input and the maps back (bilinear) to the data's size.
+(bicubic) to the model's input and the maps back (bilinear) to the data's size. The test set is
+read whole before the model is loaded: a missing or unreadable file, or one of another size,
+ends ``score`` with exit status 2 naming it (:mod:`splathead_recipes.image_files`).
 """
 
 from __future__ import annotations
