@@ -334,6 +334,8 @@ def test_zeroshot_run_gives_the_same_errors_for_unusable_checkpoints(tmp_path, c
     data = tmp_path / "bsds"
     (data / "groundTruth").mkdir(parents=True)
     (data / "groundTruth" / "1.mat").write_bytes(b"")
+    (data / "images").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / "images" / "1.jpg")
     files = checkpoint_files(tmp_path)
     state = torch.load(files["other size"][0], weights_only=True)
     state["config"]["num_gaussians"] = 16  # the config of another model than the weights
