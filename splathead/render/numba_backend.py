@@ -1,8 +1,10 @@
 """The compiled CPU backend: :mod:`splathead.render.reference`'s definition in numba loops.
 
-Projection stays in PyTorch (:mod:`splathead.render.projection`, autograd); binning, compositing
-and the compositing's backward pass are compiled loops (:mod:`splathead.render.numba_kernels`),
-parallel over the tiles of all images, on as many threads as ``torch.get_num_threads()``.
+The projection (:mod:`splathead.render.projection`'s definition) and its backward pass are
+compiled loops (:mod:`splathead.render.numba_projection`), and so are binning, compositing and the
+compositing's backward pass (:mod:`splathead.render.numba_kernels`), parallel over the tiles of
+all images on as many threads as ``torch.get_num_threads()``: a render's forward and backward are
+a few compiled calls instead of a hundred small tensor operations each way.
 Needs ``pip install "splathead[cpu]"`` (numba's wheels hold their own LLVM: no compiler); the
 first call in a fresh environment compiles the loops (seconds, once per dtype) and caches them
 on disk.
@@ -22,7 +24,7 @@ from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.render.backend import RenderOutput
 from splathead.render.composite import MAX_SIGMA
-from splathead.render.projection import ALPHA_THRESHOLD, project_gaussians
+from splathead.render.projection import ALPHA_THRESHOLD
 from splathead.render.reference import MAX_ALPHA, MIN_TRANSMITTANCE
 from splathead.render.tiles import TILE_SIZE
 from splathead.typing import Float, Int, Tensor, typecheck
@@ -37,11 +39,18 @@ def _kernels() -> ModuleType:
 
 
 @functools.cache
+def _projection_kernels() -> ModuleType:
+    """:mod:`splathead.render.numba_projection`, imported once (it imports numba)."""
+    return importlib.import_module("splathead.render.numba_projection")
+
+
+@functools.cache
 def numba_available() -> bool:
     """Whether numba imports here (``pip install "splathead[cpu]"``), so that
     ``backend="numba"`` can render and ``"auto"`` picks it on the CPU."""
     try:
         _kernels()
+        _projection_kernels()
     except ImportError:  # numba missing, or too old or new for the installed numpy
         return False
     return True
@@ -77,16 +86,16 @@ class NumbaBackend:
                 f"the numba backend renders CPU tensors, but means is on {gaussians.device}"
             )
         c = gaussians.num_channels
-        projected = project_gaussians(
+        means2d, conics, depths, radii = _CompiledProjection.apply(
             gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, camera
         )
         features = gaussians.colors
         if render_depth:
-            features = torch.cat([features, projected.depths[..., None]], dim=-1)
-        order = torch.argsort(projected.depths.detach(), dim=1, stable=True)
+            features = torch.cat([features, depths[..., None]], dim=-1)
+        order = torch.argsort(depths.detach(), dim=1, stable=True)
         summed, transmittance = _CompiledComposite.apply(
-            projected.means2d, projected.conics, gaussians.opacities, features,
-            projected.radii, order, camera.height, camera.width, self.tile_size,
+            means2d, conics, gaussians.opacities, features, radii, order, camera.height,
+            camera.width, self.tile_size,
         )
         transmittance = transmittance[:, None]
         alpha = 1 - transmittance
@@ -97,6 +106,72 @@ class NumbaBackend:
 
 def _numpy(tensor: Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
+
+
+def camera_arrays(camera: Camera) -> tuple[np.ndarray, int]:
+    """``camera`` as :mod:`splathead.render.numba_projection` reads it: float64 ``[W (9), t (3),
+    fx, fy, cx, cy, width, height, near, far, footprint_depth]`` and the mode."""
+    kernels = _projection_kernels()
+    viewmat = camera.viewmat.double().numpy()
+    values = [
+        *viewmat[:3, :3].reshape(-1), *viewmat[:3, 3], camera.fx, camera.fy, camera.cx, camera.cy,
+        camera.width, camera.height, camera.near, camera.far, camera.footprint_depth or 0.0,
+    ]
+    if camera.model == "pinhole":
+        mode = kernels.PINHOLE
+    elif camera.model == "ortho":
+        mode = kernels.ORTHO if camera.footprint_depth is None else kernels.FOOTPRINT
+    else:
+        raise ValueError(f"camera.model must be 'pinhole' or 'ortho', got {camera.model!r}")
+    return np.array(values, dtype=np.float64), mode
+
+
+class _CompiledProjection(torch.autograd.Function):
+    """:func:`splathead.render.projection.project_gaussians` in compiled loops: ``means2d``,
+    ``conics``, ``depths`` (differentiable in ``means``, ``quats``, ``scales``) and ``radii``."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        means: Float[Tensor, "b n 3"],
+        quats: Float[Tensor, "b n 4"],
+        scales: Float[Tensor, "b n 3"],
+        opacities: Float[Tensor, "b n"],
+        camera: Camera,
+    ):
+        kernels = _projection_kernels()
+        b, n, _ = means.shape
+        arrays = [_numpy(t) for t in (means, quats, scales)]
+        parameters, mode = camera_arrays(camera)
+        means2d = means.new_empty(b, n, 2)
+        conics = means.new_empty(b, n, 3)
+        depths = means.new_empty(b, n)
+        radii = torch.empty(b, n, 2, dtype=torch.int32)
+        kernels.project_forward(
+            *arrays, _numpy(opacities), parameters, mode, means2d.numpy(), conics.numpy(),
+            depths.numpy(), radii.numpy(),
+        )
+        ctx.arrays, ctx.parameters, ctx.mode = arrays, parameters, mode
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_means2d, grad_conics, grad_depths, _):
+        means = ctx.arrays[0]
+        grads = [
+            torch.zeros(means.shape[:2] + shape, dtype=torch.from_numpy(means).dtype)
+            if grad is None else grad
+            for grad, shape in ((grad_means2d, (2,)), (grad_conics, (3,)), (grad_depths, ()))
+        ]
+        grad_means = torch.empty(means.shape, dtype=grads[0].dtype)
+        grad_quats = torch.empty(ctx.arrays[1].shape, dtype=grads[0].dtype)
+        grad_scales = torch.empty(ctx.arrays[2].shape, dtype=grads[0].dtype)
+        _projection_kernels().project_backward(
+            *ctx.arrays, ctx.parameters, ctx.mode, *(_numpy(g) for g in grads),
+            grad_means.numpy(), grad_quats.numpy(), grad_scales.numpy(),
+        )
+        return grad_means, grad_quats, grad_scales, None, None
 
 
 class _CompiledComposite(torch.autograd.Function):
