@@ -12,8 +12,10 @@ on disk.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
@@ -174,6 +176,29 @@ class _CompiledProjection(torch.autograd.Function):
         return grad_means, grad_quats, grad_scales, None, None
 
 
+PARALLEL_PAIRS = 2**14
+"""Below this many (tile, Gaussian) pairs (and always on one torch thread) a render's
+compositing runs on the calling thread: starting numba's parallel loops costs about 0.3 ms or
+more per launch, as much as compositing 4000 pairs (32 images x 64 Gaussians x 32^2)."""
+
+
+def _in_parallel(pairs: int) -> bool:
+    """Whether compositing ``pairs`` (tile, Gaussian) pairs runs on numba's threads."""
+    return torch.get_num_threads() > 1 and pairs >= PARALLEL_PAIRS
+
+
+@contextlib.contextmanager
+def _launch(kernels: ModuleType, parallel: bool) -> Iterator[None]:
+    """Hold numba's launch lock around a parallel loop, on ``torch.get_num_threads()`` threads
+    (the workqueue layer is not re-entrant); a serial loop needs neither."""
+    if not parallel:
+        yield
+        return
+    with kernels.launch_lock:
+        kernels.set_num_threads(torch.get_num_threads())
+        yield
+
+
 class _CompiledComposite(torch.autograd.Function):
     """Front-to-back compositing of unsorted screen-space Gaussians (``order``: each image's
     indices front to back) into ``summed [b f h w]`` (``sum alpha T f``, no background) and
@@ -197,13 +222,11 @@ class _CompiledComposite(torch.autograd.Function):
         dtype = means2d.dtype
         b, _, f = features.shape
         tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
-        arrays = [_numpy(t) for t in (means2d, conics, opacities, features, radii)]
-        with kernels.launch_lock:
-            kernels.set_num_threads(torch.get_num_threads())
-            starts, ids = kernels.bin_into_tiles(
-                arrays[0], arrays[4], _numpy(order), tile_size, tiles_x, tiles_y
-            )
-        numpy_dtype = arrays[0].dtype
+        scene = tuple(_numpy(t) for t in (means2d, conics, opacities, features, radii))
+        starts, ids = kernels.bin_into_tiles(
+            scene[0], scene[4], _numpy(order), tile_size, tiles_x, tiles_y
+        )
+        numpy_dtype = scene[0].dtype
         centres = np.arange(max(height, width), dtype=numpy_dtype) + numpy_dtype.type(0.5)
         constants = kernels.constants_like(
             numpy_dtype, alpha_threshold=ALPHA_THRESHOLD, max_alpha=MAX_ALPHA,
@@ -213,9 +236,12 @@ class _CompiledComposite(torch.autograd.Function):
         final = torch.empty(b, height, width, dtype=dtype)
         stop = np.empty((b, height, width), dtype=np.int64)
         layout = (starts, ids, tile_size, tiles_x, centres, constants)
-        with kernels.launch_lock:
-            kernels.composite_forward(*arrays, *layout, summed.numpy(), final.numpy(), stop)
-        ctx.arrays, ctx.layout, ctx.stop = arrays, layout, stop
+        ctx.parallel = _in_parallel(len(ids))
+        with _launch(kernels, ctx.parallel):
+            kernels.composite_forward(
+                scene, layout, summed.numpy(), final.numpy(), stop, parallel=ctx.parallel
+            )
+        ctx.scene, ctx.layout, ctx.stop = scene, layout, stop
         ctx.final = final.numpy()
         return summed, final
 
@@ -223,11 +249,10 @@ class _CompiledComposite(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_summed: Tensor, grad_final: Tensor):
         kernels = _kernels()
-        with kernels.launch_lock:
-            kernels.set_num_threads(torch.get_num_threads())
+        with _launch(kernels, ctx.parallel):
             gradients = kernels.composite_backward(
-                *ctx.arrays, *ctx.layout, ctx.final, ctx.stop, _numpy(grad_summed),
-                _numpy(grad_final),
+                ctx.scene, ctx.layout, ctx.final, ctx.stop, _numpy(grad_summed),
+                _numpy(grad_final), parallel=ctx.parallel,
             )
         gradients = torch.from_numpy(gradients)
         columns = kernels.GRADIENT_COLUMNS
