@@ -4,7 +4,8 @@
 - :class:`TorchBackend` ("torch"), :class:`NumbaBackend` ("numba", compiled CPU loops),
   :class:`GsplatBackend` ("gsplat"), :class:`ReferenceBackend`
   (the definition in code, :func:`render_reference`)
-- :func:`project_gaussians`: EWA projection shared by the torch and reference backends
+- :func:`project_gaussians`: EWA projection shared by the torch and reference backends (the numba
+  backend compiles the same maths)
 """
 
 from splathead.render.backend import RenderBackend, RenderOutput
