@@ -64,9 +64,9 @@ def test_compiled_projection_is_project_gaussians_with_its_gradients(camera, see
     for outputs, leaves in ((got[:3], ours), (want[:3], theirs)):
         sum((w * t).sum() for w, t in zip(weights, outputs)).backward()
     for got_field, want_field in zip(got[:3], want[:3]):
-        torch.testing.assert_close(got_field, want_field, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(got_field, want_field, rtol=1e-8, atol=1e-9)
     for name, mine, reference in zip(fields, ours, theirs):
-        torch.testing.assert_close(mine.grad, reference.grad, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(mine.grad, reference.grad, rtol=1e-8, atol=1e-9, msg=name)
     assert not ours[2].grad[0, 1].any()  # the capped scales get no gradient
 
 
