@@ -1,4 +1,4 @@
-"""`wrap`: the `MaskedEncoder` adapter for a timm or Hugging Face backbone."""
+"""`wrap`: the `MaskedEncoder` (or `MaskedVideoEncoder`) adapter for a timm or Hugging Face backbone."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from timm.models.hiera import Hiera
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from splathead.encoder import MaskedEncoder
+from splathead.encoder import MaskedEncoder, MaskedVideoEncoder
 from splathead.adapters.hf_dinov2 import HFDinov2Encoder
+from splathead.adapters.hf_videomae import HFVideoMAEEncoder
 from splathead.adapters.hf_vitmae import HFViTMAEEncoder
 from splathead.adapters.timm_eva import TimmEvaEncoder
 from splathead.adapters.timm_hiera import TimmHieraEncoder
@@ -20,12 +21,13 @@ SUPPORTED = (
     "timm VisionTransformer (MAE, DeiT, DINO, DINOv2 with or without registers), "
     "timm Eva (EVA02, DINOv3, RoPE ViTs), timm Hiera (mask units as patches), "
     "transformers ViTMAEModel / ViTMAEForPreTraining, Dinov2Model, Dinov2WithRegistersModel, "
-    "or any MaskedEncoder"
+    "VideoMAEModel / VideoMAEForPreTraining, or any MaskedEncoder or MaskedVideoEncoder"
 )
 
 
-def wrap(model: nn.Module) -> MaskedEncoder:
-    """The adapter that runs ``model`` on visible patches only; a `MaskedEncoder` comes back as is.
+def wrap(model: nn.Module) -> MaskedEncoder | MaskedVideoEncoder:
+    """The adapter that runs ``model`` on visible patches (tubelets for a video model) only; a
+    `MaskedEncoder` or `MaskedVideoEncoder` comes back as is.
 
     The adapter holds ``model`` itself (no copy, no re-initialisation). For options (e.g. HF
     ViTMAE's ``interpolate_pos_encoding``) build the adapter directly.
@@ -46,6 +48,8 @@ def wrap(model: nn.Module) -> MaskedEncoder:
             return HFViTMAEEncoder(model)
         if isinstance(model, (transformers.Dinov2Model, transformers.Dinov2WithRegistersModel)):
             return HFDinov2Encoder(model)
-    if isinstance(model, MaskedEncoder):
+        if isinstance(model, (transformers.VideoMAEModel, transformers.VideoMAEForPreTraining)):
+            return HFVideoMAEEncoder(model)
+    if isinstance(model, (MaskedEncoder, MaskedVideoEncoder)):
         return model
     raise TypeError(f"cannot wrap a {type(model).__name__}; supported: {SUPPORTED}")

@@ -17,6 +17,10 @@ The parts, lowest layer first (each module imports only from the layers above it
 - encoders: :class:`MaskedEncoder` (the protocol), :mod:`splathead.adapters` (timm and Hugging
   Face ViTs on visible patches only; :func:`wrap` picks the adapter)
 - model: :class:`GMAE` (encoder + masking + decoder + loss)
+- video: :class:`VideoGMAE` (:mod:`splathead.video_model`): a :class:`MaskedVideoEncoder`
+  (VideoMAE through :func:`wrap`), :mod:`splathead.video_masking` (``TubeMasking``),
+  :mod:`splathead.video_decoder` (``VideoGMAEDecoder``), :class:`VideoGaussians` (Gaussians
+  that move over time)
 - factories: :func:`gmae_vit_base_patch16`, :func:`gmae_vit_large_patch16`,
   :func:`gmae_vit_huge_patch14`, :func:`gmae_vit_tiny`, and a named model's encoder alone:
   :func:`gmae_encoder` (:mod:`splathead.factories`)
@@ -31,7 +35,7 @@ from splathead import viz, zeroshot
 from splathead.adapters import wrap
 from splathead.camera import Camera
 from splathead.decoder import DecoderSettings, GMAEDecoder
-from splathead.encoder import MaskedEncoder
+from splathead.encoder import MaskedEncoder, MaskedVideoEncoder
 from splathead.factories import (
     gmae_encoder,
     gmae_vit_base_patch16,
@@ -46,6 +50,8 @@ from splathead.losses import masked_patch_mse
 from splathead.model import GMAE
 from splathead.ply import export_ply
 from splathead.render import SplatRenderer
+from splathead.video_gaussians import VideoGaussians
+from splathead.video_model import VideoGMAE
 
 __version__ = "0.1.0"
 
@@ -59,7 +65,10 @@ __all__ = [
     "Gaussians",
     "InvalidGaussiansError",
     "MaskedEncoder",
+    "MaskedVideoEncoder",
     "SplatRenderer",
+    "VideoGMAE",
+    "VideoGaussians",
     "export_ply",
     "gaussian_health",
     "gmae_encoder",

@@ -1,5 +1,6 @@
 """Argument checks shared by the library: each raises naming the argument, what it holds and
-what is expected; `host_scalars` reads several 0-dim tensors (check flags, counts) in one sync."""
+what is expected; `host_scalars` reads several 0-dim tensors (check flags, counts) in one sync;
+`check_settings_agree` compares an encoder with the decoder built for it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import torch
 
 from splathead.typing import Tensor
 
-__all__ = ["host_scalars", "require_finite", "require_positive_finite", "require_positive_int"]
+__all__ = [
+    "check_settings_agree", "host_scalars", "require_finite", "require_positive_finite",
+    "require_positive_int",
+]
 
 
 def host_scalars(scalars: Mapping[str, Tensor]) -> dict[str, bool | int | float]:
@@ -52,3 +56,13 @@ def require_finite(**tensors: Tensor) -> None:
         if count:
             raise ValueError(f"{name} holds NaN or Inf ({int(count)} of "
                              f"{tensors[name].numel()} values); expected finite values")
+
+
+def check_settings_agree(settings: Mapping[str, tuple[object, object]]) -> None:
+    """Raise ``ValueError`` naming the first ``{name: (encoder's, decoder's)}`` pair that differs."""
+    for name, (encoder_value, decoder_value) in settings.items():
+        if encoder_value != decoder_value:
+            raise ValueError(
+                f"encoder and decoder disagree on {name}: encoder {encoder_value}, "
+                f"decoder {decoder_value}"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -21,7 +22,7 @@ from splathead.head import GaussianHead, HeadInit, Rotation
 from splathead.initialization import init_like_mae
 from splathead.masking import PatchMask
 from splathead.patches import as_pair, patch_grid
-from splathead.pos_embed import sincos_pos_embed_2d
+from splathead.pos_embed import sincos_pos_embed_2d, sincos_pos_embed_3d
 from splathead.render import BackendName, SplatRenderer
 from splathead.typing import Float, Int, Tensor, typecheck
 
@@ -29,9 +30,10 @@ from splathead.typing import Float, Int, Tensor, typecheck
 class QueryDecoder(nn.Module):
     """Transformer over ``[prefix, visible + position, queries]``; returns the query outputs.
 
-    The visible encoder tokens are projected to ``dim`` and get the fixed 2D sin-cos position
-    (MAE layout, :func:`sincos_pos_embed_2d`) of their patch; prefix tokens (cls, registers) get
-    none, as MAE's zero cls row. Each of the ``num_queries`` queries is one shared learned token
+    The visible encoder tokens are projected to ``dim`` and get the fixed sin-cos position of
+    their patch (MAE's 2D layout, :func:`sincos_pos_embed_2d`; MAE-ST's 3D one,
+    :func:`sincos_pos_embed_3d`, for a tubelet grid); prefix tokens (cls, registers) get none,
+    as MAE's zero cls row. Each of the ``num_queries`` queries is one shared learned token
     (normal, std 0.02) plus its own learned embedding, uniform in [0, 1) as in the authors' code
     (``torch.rand``): the queries, and so the Gaussians, start spread out rather than all alike.
     Unlike MAE there are no mask tokens:
@@ -41,7 +43,8 @@ class QueryDecoder(nn.Module):
 
     Args:
         encoder_dim: width ``e`` of the encoder tokens.
-        grid_size: patch grid ``(gh, gw)`` of the encoder; need not be square.
+        grid_size: patch grid ``(gh, gw)`` of the encoder, or ``(gt, gh, gw)`` for a video
+            encoder's tubelets (indices then run time slowest); need not be square.
         num_prefix_tokens: encoder tokens before the patches (0 for none).
         dim: width of the decoder transformer (paper: 512).
         depth: its number of blocks (paper: 8).
@@ -55,7 +58,7 @@ class QueryDecoder(nn.Module):
         self,
         encoder_dim: int,
         *,
-        grid_size: tuple[int, int],
+        grid_size: tuple[int, int] | tuple[int, int, int],
         num_prefix_tokens: int = 1,
         dim: int = 512,
         depth: int = 8,
@@ -73,16 +76,15 @@ class QueryDecoder(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.encoder_dim = encoder_dim
         self.grid_size = tuple(grid_size)
-        self.num_patches = grid_size[0] * grid_size[1]
+        self.num_patches = math.prod(self.grid_size)
         self.num_prefix_tokens = num_prefix_tokens
         self.dim = dim
         self.num_queries = num_queries
 
         self.embed = nn.Linear(encoder_dim, dim)
         # Fixed, so a buffer; not saved, since it is a function of the grid.
-        self.register_buffer(
-            "pos_embed", sincos_pos_embed_2d(dim, self.grid_size), persistent=False
-        )
+        pos_embed = sincos_pos_embed_2d if len(self.grid_size) == 2 else sincos_pos_embed_3d
+        self.register_buffer("pos_embed", pos_embed(dim, self.grid_size), persistent=False)
         self.query_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.query_embed = nn.Parameter(torch.zeros(1, num_queries, dim))
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
@@ -112,7 +114,8 @@ class QueryDecoder(nn.Module):
 
         Args:
             latent: encoder output ``[b prefix+v e]``, prefix tokens first.
-            ids_keep: row-major patch index of each of the ``v`` visible tokens, in ``[0, gh*gw)``.
+            ids_keep: row-major patch index of each of the ``v`` visible tokens, in
+                ``[0, num_patches)``.
         """
         batch, num_tokens, width = latent.shape
         num_visible = ids_keep.shape[1]

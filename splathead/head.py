@@ -19,6 +19,20 @@ HeadInit = Literal["xavier", "torch"]
 
 
 @typecheck
+def full_precision_linear(
+    tokens: Float[Tensor, "*batch d"], weight: Float[Tensor, "o d"]
+) -> Float[Tensor, "*batch o"]:
+    """``tokens @ weight.T`` outside autocast, in at least float32 (float64 stays float64).
+
+    For the Gaussian heads: bf16's 8-bit mantissa alone would move centres by up to ~0.1 px at
+    224 px and quantise small scales and opacities; the projection is small next to the decoder.
+    """
+    dtype = torch.promote_types(tokens.dtype, torch.float32)
+    with torch.autocast(device_type=tokens.device.type, enabled=False):
+        return F.linear(tokens.to(dtype), weight.to(dtype))
+
+
+@typecheck
 def shoemake_quaternion(uvw: Float[Tensor, "*batch 3"]) -> Float[Tensor, "*batch 4"]:
     """Unit quaternions (w, x, y, z) from raw logits through Shoemake's map.
 
@@ -116,17 +130,27 @@ class GaussianHead(nn.Module):
     @typecheck
     def forward(self, tokens: Float[Tensor, "b n d"]) -> Gaussians:
         """``n * gaussians_per_token`` Gaussians per image from ``[b n d]`` tokens."""
+        return self.activate(self.project(tokens))
+
+    @typecheck
+    def project(self, tokens: Float[Tensor, "b n d"]) -> Float[Tensor, "b g p"]:
+        """The Linear's raw outputs ``[b (n m) 11+c]``, Gaussian by Gaussian (before activation)."""
         if tokens.shape[-1] != self.in_dim:
             raise ValueError(
                 f"GaussianHead expected tokens of width {self.in_dim}, got shape "
                 f"{tuple(tokens.shape)}"
             )
-        # Outside autocast and in >= float32: bf16's 8-bit mantissa alone would move centres by
-        # up to ~0.1 px at 224 px and quantise small scales and opacities.
-        dtype = torch.promote_types(tokens.dtype, torch.float32)
-        with torch.autocast(device_type=tokens.device.type, enabled=False):
-            raw = F.linear(tokens.to(dtype), self.proj.weight.to(dtype))
-        raw = rearrange(raw, "b n (m p) -> b (n m) p", m=self.gaussians_per_token)
+        raw = full_precision_linear(tokens, self.proj.weight)
+        return rearrange(raw, "b n (m p) -> b (n m) p", m=self.gaussians_per_token)
+
+    @typecheck
+    def color_logits(self, raw: Float[Tensor, "b g p"]) -> Float[Tensor, "b g c"]:
+        """The colour channels of :meth:`project`'s output, before their sigmoid."""
+        return raw[..., 10 : 10 + self.num_channels]
+
+    @typecheck
+    def activate(self, raw: Float[Tensor, "b g p"]) -> Gaussians:
+        """Gaussians from :meth:`project`'s raw outputs through the activations above."""
         center, scale, rotation, color, opacity = raw.split(
             [3, 3, 4, self.num_channels, 1], dim=-1
         )

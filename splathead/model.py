@@ -16,9 +16,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from splathead.camera import Camera
+from splathead.checks import check_settings_agree, require_finite
 from splathead.decoder import DecoderOutput, DecoderSettings, GMAEDecoder
-from splathead.checks import require_finite
-from splathead.encoder import MaskedEncoder
+from splathead.encoder import MaskedEncoder, MaskedVideoEncoder
 from splathead.gaussians import Gaussians
 from splathead.losses import image_mse, masked_patch_mse
 from splathead.masking import PatchMask, RandomMasking
@@ -416,6 +416,11 @@ class GMAE(nn.Module):
 
 def _check_encoder(encoder: object) -> None:
     """Raise ``TypeError`` unless ``encoder`` is a module implementing :class:`MaskedEncoder`."""
+    if isinstance(encoder, MaskedVideoEncoder):
+        raise TypeError(
+            f"encoder {type(encoder).__name__} is a video encoder (tubelet_size "
+            f"{encoder.tubelet_size}); use splathead.VideoGMAE"
+        )
     if not (isinstance(encoder, nn.Module) and isinstance(encoder, MaskedEncoder)):
         raise TypeError(
             f"encoder must be a MaskedEncoder module, got {type(encoder).__name__}; adapt a timm "
@@ -430,12 +435,7 @@ def _check_compatible(encoder: MaskedEncoder, decoder: GMAEDecoder) -> None:
         "patch_size": (tuple(encoder.patch_size), decoder.patch_size),
         "num_prefix_tokens": (encoder.num_prefix_tokens, decoder.num_prefix_tokens),
     }
-    for name, (encoder_value, decoder_value) in pairs.items():
-        if encoder_value != decoder_value:
-            raise ValueError(
-                f"encoder and decoder disagree on {name}: encoder {encoder_value}, "
-                f"decoder {decoder_value}"
-            )
+    check_settings_agree(pairs)
     try:
         grid_size = tuple(encoder.grid_size(*decoder.img_size))
     except ValueError as error:

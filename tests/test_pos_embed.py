@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from splathead.pos_embed import sincos_pos_embed_2d
+from splathead.pos_embed import sincos_pos_embed_2d, sincos_pos_embed_3d
 
 
 def mae_sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
@@ -60,3 +60,32 @@ def test_prefix_rows_are_zero_and_patches_follow():
 def test_embed_dim_must_be_a_multiple_of_4(embed_dim):
     with pytest.raises(ValueError, match="multiple of 4"):
         sincos_pos_embed_2d(embed_dim, (2, 2))
+
+
+def mae_st_sincos_3d(embed_dim: int, grid_t: int, grid_h: int, grid_w: int) -> np.ndarray:
+    """MAE-ST's get_3d_sincos_pos_embed, with the square grid generalised to (grid_h, grid_w):
+    [time (d/4) | 2D patch position (3d/4)], time slowest."""
+    spatial = mae_sincos_2d(embed_dim // 4 * 3, grid_h, grid_w, cls_token=False)
+    temporal = mae_sincos_1d(embed_dim // 4, np.arange(grid_t, dtype=np.float32))
+    temporal = np.repeat(temporal[:, None], grid_h * grid_w, axis=1)
+    spatial = np.repeat(spatial[None], grid_t, axis=0)
+    return np.concatenate([temporal, spatial], axis=-1).reshape(-1, embed_dim)
+
+
+@pytest.mark.parametrize("grid", [(8, 14, 14), (2, 4, 4), (3, 2, 5), (1, 3, 3)])
+def test_3d_table_equals_mae_st_definition(grid):
+    ours = sincos_pos_embed_3d(64, grid)
+    reference = torch.from_numpy(mae_st_sincos_3d(64, *grid)).float()
+    torch.testing.assert_close(ours, reference, atol=2e-6, rtol=0)
+
+
+def test_3d_table_at_the_video_decoder_width():
+    ours = sincos_pos_embed_3d(512, (16, 14, 14))
+    reference = torch.from_numpy(mae_st_sincos_3d(512, 16, 14, 14)).float()
+    torch.testing.assert_close(ours, reference, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("embed_dim", [0, 8, 24])
+def test_3d_embed_dim_must_be_a_multiple_of_16(embed_dim):
+    with pytest.raises(ValueError, match="multiple of 16"):
+        sincos_pos_embed_3d(embed_dim, (2, 3, 3))
