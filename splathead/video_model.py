@@ -198,12 +198,17 @@ class VideoGMAE(nn.Module):
             return self.masking(batch_size, self.grid_size, device=device, generator=generator)
         return self.masking(batch_size, self.num_patches, device=device, generator=generator)
 
-    def mask_from_noise(self, noise: Tensor) -> PatchMask:
-        """MAE's mask for ``noise``: ``[b gh*gw]`` for tube masking, ``[b gt*gh*gw]`` for random."""
+    @property
+    def noise_length(self) -> int:
+        """Noise values per video a mask is drawn from: ``gh * gw`` for tube masking (one
+        spatial mask), ``gt * gh * gw`` for random masking."""
         if isinstance(self.masking, TubeMasking):
-            expected = self.grid_size[1] * self.grid_size[2]
-        else:
-            expected = self.num_patches
+            return self.grid_size[1] * self.grid_size[2]
+        return self.num_patches
+
+    def mask_from_noise(self, noise: Tensor) -> PatchMask:
+        """MAE's mask for ``noise [b noise_length]`` (see :attr:`noise_length`)."""
+        expected = self.noise_length
         if noise.dim() != 2 or noise.shape[1] != expected:
             raise ValueError(
                 f"noise must be [b {expected}] for {self.masking_name} masking over the tubelet "

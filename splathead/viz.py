@@ -12,6 +12,8 @@ least ``min_panel_size`` pixels (128 by default), and Gaussians are drawn at tha
 - :func:`save_reconstruction_grid`: input | masked input | render | Gaussians.
 - :func:`save_layer_grid`: input | full render | each depth layer | cumulative renders | edges |
   figure-ground.
+- :func:`save_video_strip`: per video, rows input | masked input | render | Gaussians, one
+  column per frame.
 - :func:`save_grid`: any list of panels.
 """
 
@@ -33,6 +35,7 @@ from splathead.camera import Camera
 from splathead.gaussians import Gaussians
 from splathead.render.projection import project_gaussians
 from splathead.typing import Bool, Float, Tensor, typecheck
+from splathead.video_gaussians import VideoGaussians
 from splathead.zeroshot import DepthLayers
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "save_grid",
     "save_layer_grid",
     "save_reconstruction_grid",
+    "save_video_strip",
 ]
 
 _ELLIPSE_POINTS = 24
@@ -217,3 +221,30 @@ def save_layer_grid(
         if extra is not None:
             panels.append(extra[:, None].float())
     save_grid(path, panels, max_images=max_images, min_panel_size=min_panel_size)
+
+
+@typecheck
+def save_video_strip(
+    path: str | os.PathLike,
+    videos: Float[Tensor, "b t c h w"],
+    masked: Float[Tensor, "b t c h w"],
+    renders: Float[Tensor, "b t c h w"],
+    gaussians: VideoGaussians,
+    camera: Camera,
+    *,
+    max_videos: int = 2,
+    min_panel_size: int = MIN_PANEL_SIZE,
+) -> None:
+    """PNG with four rows per video (input | masked input | render | Gaussians as ellipses) and
+    one column per frame, values in [0, 1]; panels enlarged to at least ``min_panel_size``
+    pixels (:func:`save_grid`), the ellipses drawn at that size."""
+    count = min(max_videos, videos.shape[0])
+    ellipses = draw_gaussians(gaussians[:count].flatten(), camera, min_panel_size=min_panel_size)
+    images = [
+        F.interpolate(_as_rgb(rearrange(panel[:count], "b t c h w -> (b t) c h w")),
+                      size=ellipses.shape[-2:], mode="nearest")
+        for panel in (videos, masked, renders)
+    ]
+    rows = torch.stack([*images, ellipses], dim=1)  # [(b t) 4 3 H W]
+    frames = rearrange(rows, "(b t) k c h w -> t (b k) c h w", b=count)
+    save_grid(path, list(frames), min_panel_size=min_panel_size)

@@ -14,7 +14,7 @@ import logging
 import signal
 from pathlib import Path
 from collections.abc import Callable, Iterator
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -230,8 +230,10 @@ def build_dataset(config: Config) -> Dataset:
 
 
 def build_loader(config: RunConfig, dataset: Dataset, *, rank: int, world_size: int,
-                 pin_memory: bool) -> tuple[DataLoader, ResumableSampler]:
-    """Per-rank loader of micro-batches (``batch_size / (world_size * accum_steps)`` images)."""
+                 pin_memory: bool, collate_fn: Callable[[list[Sample]], Any] = collate
+                 ) -> tuple[DataLoader, ResumableSampler]:
+    """Per-rank loader of micro-batches (``batch_size / (world_size * accum_steps)`` samples),
+    put together by ``collate_fn`` (:func:`collate`: images into a :class:`Batch`)."""
     sampler = ResumableSampler(dataset, global_batch=config.batch_size, num_replicas=world_size,
                                rank=rank, seed=config.seed)
     if sampler.steps_per_epoch == 0:
@@ -243,7 +245,7 @@ def build_loader(config: RunConfig, dataset: Dataset, *, rank: int, world_size: 
         batch_size=config.batch_size // (world_size * config.accum_steps),
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=workers > 0,

@@ -1,0 +1,430 @@
+"""Video-GMAE pretraining: a VideoMAE encoder, tube (or random) masking, Gaussians that move over
+the frames. One process per GPU under torchrun, or a plain CPU demo.
+
+    python recipes/gmae_video.py --preset demo                         # laptop CPU, ~3 minutes
+    torchrun --nproc_per_node 8 recipes/gmae_video.py --data-path /clips
+    python recipes/gmae_video.py --help                                # every setting
+
+``--preset paper`` carries the Video-GMAE authors' settings (docs/video.md gives each one's
+source); ``--data-path DIR`` reads ``DIR/<clip>/<frames>`` with VideoMAE's frame sampling
+(``--num-frames`` frames ``--frame-stride`` apart). It shares the image recipe's loop: exact
+resume (``--resume auto``), SIGTERM / SIGUSR1 checkpoint and exit, ``metrics.jsonl`` and
+TensorBoard, PNG strips of frames, and evaluations under fixed masks whose last line gives the
+masked-patch PSNR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from einops import rearrange
+from splathead import VideoGMAE, VideoGMAEOutput, wrap
+from splathead.render.renderer import BackendName
+from splathead.video_masking import frame_patch_mask
+from splathead.viz import hide_patches, save_video_strip
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from splathead_recipes.config import (
+    ConfigError, check_devices, check_fields, check_output, parse_with, parser_for, uses_cuda)
+from splathead_recipes.crops import CentreCrop, TrainCrop
+from splathead_recipes.data import build_loader
+from splathead_recipes.distributed import Runtime
+from splathead_recipes.eval_step import evaluate
+from splathead_recipes.loop import StepHook, fit, run_recipe, seed_everything
+from splathead_recipes.optim import build_optimizer, learning_rate
+from splathead_recipes.train_step import AUTOCAST_DTYPES, StepResult
+from splathead_recipes.video_data import (
+    ClipFolder, FrameSampling, MovingSprites, VideoBatch, collate_clips)
+
+log = logging.getLogger("gmae")
+
+# VideoMAE encoders by name: (width, blocks, heads), VideoMAE's ViT-S/B/L and a tiny one.
+ENCODERS = {"videomae_tiny": (96, 3, 3), "videomae_small": (384, 12, 6),
+            "videomae_base": (768, 12, 12), "videomae_large": (1024, 24, 16)}
+_MASK_SEED = 0x76696465  # mixed with --seed: evaluation masks never repeat training's
+
+
+def _opt(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Every setting of a video pretraining run. Defaults: the Video-GMAE authors' (paper)."""
+
+    # Model.
+    encoder: Literal["videomae_tiny", "videomae_small", "videomae_base", "videomae_large"] = _opt(
+        "videomae_large", "VideoMAE encoder size (random weights, or --encoder-weights)")
+    encoder_weights: str | None = _opt(None, "folder of a saved Hugging Face VideoMAEModel "
+                                       "(save_pretrained) to start the encoder from; read "
+                                       "locally, never downloaded")
+    img_size: int = _opt(224, "frame size in pixels")
+    num_frames: int = _opt(16, "frames per clip")
+    patch_size: int = _opt(16, "encoder patch size in pixels")
+    tubelet_size: int = _opt(1, "frames per encoder tubelet")
+    num_gaussians: int = _opt(512, "Gaussians per video (the same ones in every frame)")
+    gaussians_per_token: int = _opt(1, "Gaussians each decoder query predicts")
+    max_scale: float = _opt(0.125, "largest Gaussian std in scene units")
+    max_step: float = _opt(1 / 16, "largest step of a Gaussian's centre between frames (each "
+                           "axis, scene units)")
+    masking: Literal["tube", "random"] = _opt("random", "tube (VideoMAE) or random over the "
+                                              "tubelet grid (MAE-ST, the authors)")
+    mask_ratio: float = _opt(0.9, "fraction of tubelets hidden from the encoder, in (0, 1)")
+    delta_weight: float = _opt(0.0, "weight of the L2 penalty on the Gaussians' steps and "
+                               "colour changes")
+    decoder_dim: int = _opt(512, "decoder width (a multiple of 16)")
+    decoder_depth: int = _opt(8, "decoder blocks")
+    decoder_heads: int = _opt(16, "decoder attention heads")
+    render_backend: BackendName = _opt("auto", "splatting backend")
+
+    # Data.
+    dataset: Literal["clips", "sprites"] = _opt(
+        "clips", "clips: <data-path>/<clip>/<frames>; sprites: moving textured sprites drawn "
+        "in code")
+    data_path: str | None = _opt(None, "folder of clip folders (dataset clips)")
+    frame_stride: int = _opt(4, "frames between sampled frames (VideoMAE's sampling rate)")
+    verify_frames: bool = _opt(True, "open every frame's header before training (clips)")
+    samples_per_epoch: int = _opt(512_000, "epoch length of the sprites")
+    crop_scale: tuple[float, float] = _opt((0.08, 1.0), "RandomResizedCrop area range (one box "
+                                           "per clip)")
+    hflip: bool = _opt(True, "random horizontal flips (one per clip)")
+    jpeg_draft: bool = _opt(True, "decode a JPEG frame at 1/2, 1/4 or 1/8 size when the crop "
+                            "allows")
+    num_workers: int = _opt(8, "data loader processes per GPU")
+    pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
+
+    # Optimisation.
+    batch_size: int = _opt(512, "global batch of clips: world size x per-GPU x accum steps")
+    accum_steps: int = _opt(1, "gradient accumulation steps per optimiser step")
+    blr: float = _opt(4e-4, "base learning rate; lr = blr x batch_size / 256")
+    lr: float | None = _opt(None, "absolute learning rate (overrides blr)")
+    min_lr: float = _opt(0.0, "learning rate at the end of the cosine")
+    warmup_epochs: float = _opt(0.02, "linear warmup length in epochs")
+    epochs: int = _opt(1000, "training length in epochs")
+    weight_decay: float = _opt(0.05, "AdamW decay (not on biases, norms, 1-D params, queries)")
+    betas: tuple[float, float] = _opt((0.9, 0.95), "AdamW betas")
+    clip_grad: float = _opt(2.0, "gradient-norm clip (0 turns it off)")
+    precision: Literal["bf16", "fp16", "fp32"] = _opt("fp32", "autocast dtype (fp32: none)")
+    compile: bool = _opt(False, "torch.compile the decoder's transformer blocks")
+
+    # System.
+    device: Literal["auto", "cuda", "cpu"] = _opt("auto", "auto: cuda when available")
+    backend: Literal["auto", "nccl", "gloo"] = _opt("auto", "auto: nccl on cuda, gloo on cpu")
+    seed: int = _opt(67, "seed for initialisation, data order, augmentation and masking")
+    output_dir: str = _opt("runs/gmae_video", "checkpoints, metrics and images")
+
+    # Checkpoints, evaluation, logging.
+    checkpoint_every: int = _opt(1000, "steps between checkpoints (and at each epoch end)")
+    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep")
+    resume: str | None = _opt(None, "'auto' (newest readable in output-dir) or a file")
+    max_steps: int = _opt(0, "stop (with a checkpoint) after this many steps; 0: no limit")
+    eval_every: int = _opt(10, "epochs between evaluations (and one at the end); 0: at the end "
+                           "only")
+    eval_clips: int = _opt(32, "clips every evaluation scores: fixed sprite clips, or the "
+                           "folder's first clips")
+    log_every: int = _opt(20, "steps between metric records")
+    image_every: int = _opt(1000, "steps between PNG strips of frames (0: never)")
+    num_images: int = _opt(2, "videos per PNG strip")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+
+PRESETS: dict[str, VideoConfig] = {
+    "paper": VideoConfig(),
+    # A tiny VideoMAE on moving sprites: a laptop CPU trains it in under 3 minutes.
+    "demo": VideoConfig(
+        encoder="videomae_tiny", img_size=32, num_frames=4, patch_size=4, tubelet_size=2,
+        num_gaussians=64, max_scale=0.25, masking="tube", mask_ratio=0.75, decoder_dim=64,
+        decoder_depth=2, decoder_heads=4, dataset="sprites", samples_per_epoch=256,
+        frame_stride=1, num_workers=1, batch_size=16, lr=2e-3, warmup_epochs=1.0, epochs=16, seed=0,
+        device="cpu", output_dir="runs/video_demo", checkpoint_every=64, eval_every=8,
+        log_every=4, image_every=64),
+}
+
+
+def validate(config: VideoConfig, *, world_size: int, cuda_available: bool) -> None:
+    """Raise :class:`ConfigError` for any setting that would fail later, before any work."""
+    for problem in (check_fields(config), _check_ranges(config), _check_data(config),
+                    check_output(config), check_devices(config, world_size, cuda_available)):
+        if problem:
+            raise ConfigError(problem)
+    if config.render_backend == "gsplat" and not uses_cuda(config, cuda_available):
+        raise ConfigError("--render-backend gsplat needs CUDA; use torch (or auto) on CPU")
+
+
+def _check_ranges(config: VideoConfig) -> str | None:
+    if not 0 < config.mask_ratio < 1:
+        return f"--mask-ratio must lie in (0, 1), got {config.mask_ratio}"
+    for name in ("img_size", "num_frames", "patch_size", "tubelet_size", "num_gaussians",
+                 "gaussians_per_token", "decoder_depth", "decoder_heads", "frame_stride",
+                 "samples_per_epoch", "batch_size", "accum_steps", "epochs", "log_every", "eval_clips",
+                 "keep_checkpoints", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}"
+    for name in ("num_workers", "max_steps", "image_every", "num_images", "warmup_epochs",
+                 "weight_decay", "clip_grad", "min_lr", "eval_every", "delta_weight"):
+        if getattr(config, name) < 0:
+            return f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}"
+    if config.img_size % config.patch_size:
+        return f"--patch-size {config.patch_size} does not divide --img-size {config.img_size}"
+    if config.num_frames % config.tubelet_size:
+        return (f"--num-frames {config.num_frames} is not a multiple of --tubelet-size "
+                f"{config.tubelet_size}")
+    if config.num_gaussians % config.gaussians_per_token:
+        return (f"--num-gaussians {config.num_gaussians} is not divisible by "
+                f"--gaussians-per-token {config.gaussians_per_token}")
+    if config.decoder_dim % 16 or config.decoder_dim % config.decoder_heads:
+        return (f"--decoder-dim {config.decoder_dim} must be a multiple of 16 and of "
+                f"--decoder-heads {config.decoder_heads}")
+    if config.max_scale <= 0 or config.max_step <= 0:
+        return f"--max-scale and --max-step must be positive, got {config.max_scale}, " \
+               f"{config.max_step}"
+    low, high = config.crop_scale
+    if not 0 < low <= high <= 1:
+        return f"--crop-scale needs 0 < min <= max <= 1, got {low} {high}"
+    if config.img_size < 11:
+        return f"--img-size {config.img_size}: the evaluation's SSIM needs at least 11 px"
+    slots = config.num_frames // config.tubelet_size
+    patches = (config.img_size // config.patch_size) ** 2
+    kept = (patches if config.masking == "tube" else slots * patches) * (1 - config.mask_ratio)
+    if int(kept) < 1:
+        return (f"--mask-ratio {config.mask_ratio} leaves no visible tubelet ({config.masking} "
+                f"masking of {slots} x {patches} tubelets); lower it or raise --img-size")
+    if config.learning_rate <= 0:
+        return f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)"
+    return None
+
+
+def _check_data(config: VideoConfig) -> str | None:
+    if config.dataset == "clips":
+        if config.data_path is None:
+            return "dataset clips needs --data-path (a folder of clip folders), or use " \
+                   "--dataset sprites"
+        if not Path(config.data_path).is_dir():
+            return f"--data-path {config.data_path}: no such folder"
+    if config.encoder_weights is not None and not Path(config.encoder_weights).is_dir():
+        return f"--encoder-weights {config.encoder_weights}: no such folder"
+    return None
+
+
+def build_parser():
+    return parser_for(PRESETS, "Video-GMAE pretraining (torchrun for several GPUs or nodes).")
+
+
+def parse_config(argv: list[str] | None = None) -> VideoConfig:
+    return parse_with(build_parser(), PRESETS, argv)
+
+
+def build_dataset(config: VideoConfig) -> Dataset:
+    """The training clips; :class:`ConfigError` naming the flag for clips that cannot work."""
+    if config.dataset == "sprites":
+        return MovingSprites(num_frames=config.num_frames, size=config.img_size,
+                             length=config.samples_per_epoch)
+    crop = TrainCrop(config.img_size, config.crop_scale, hflip=config.hflip,
+                     jpeg_draft=config.jpeg_draft)
+    try:
+        return ClipFolder(config.data_path, sampling=FrameSampling(config.num_frames,
+                                                                   config.frame_stride),
+                          crop=crop, verify=config.verify_frames)
+    except ValueError as error:
+        raise ConfigError(f"--data-path {config.data_path}: {error} (--num-frames "
+                          f"{config.num_frames}, --frame-stride {config.frame_stride})") from None
+
+
+def build_model(config: VideoConfig) -> VideoGMAE:
+    """A VideoGMAE with a Hugging Face VideoMAE encoder (random weights or --encoder-weights)."""
+    import transformers
+
+    if config.encoder_weights is not None:
+        videomae = transformers.VideoMAEModel.from_pretrained(config.encoder_weights,
+                                                              local_files_only=True)
+    else:
+        width, depth, heads = ENCODERS[config.encoder]
+        videomae = transformers.VideoMAEModel(transformers.VideoMAEConfig(
+            hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+            intermediate_size=4 * width, image_size=config.img_size,
+            patch_size=config.patch_size, num_frames=config.num_frames,
+            tubelet_size=config.tubelet_size))
+    try:
+        return VideoGMAE.from_encoder(
+            wrap(videomae), img_size=config.img_size, num_frames=config.num_frames,
+            masking=config.masking, mask_ratio=config.mask_ratio,
+            delta_weight=config.delta_weight, dim=config.decoder_dim,
+            depth=config.decoder_depth, num_heads=config.decoder_heads,
+            num_queries=config.num_gaussians // config.gaussians_per_token,
+            gaussians_per_token=config.gaussians_per_token, max_scale=config.max_scale,
+            max_step=config.max_step, backend=config.render_backend)
+    except ValueError as error:
+        raise ConfigError(f"the model cannot be built from these settings: {error}") from None
+
+
+def video_loss(model: nn.Module, batch: VideoBatch) -> tuple[torch.Tensor, VideoGMAEOutput]:
+    """The Video-GMAE loss: MSE of every frame's render on its hidden patches."""
+    output = model(batch.videos)
+    return output.loss, output
+
+
+def save_strip(path: Path, model: VideoGMAE, videos: torch.Tensor, output: VideoGMAEOutput,
+               count: int) -> None:
+    """input | masked input | render | Gaussians, one column per frame, for ``count`` videos."""
+    inputs = model.unnormalize(videos[:count].detach().float())
+    hidden = frame_patch_mask(output.mask.mask[:count], model.grid_size[0], model.tubelet_size)
+    masked = rearrange(
+        hide_patches(rearrange(inputs, "b t c h w -> (b t) c h w"),
+                     rearrange(hidden, "b t p -> (b t) p"), model.patch_size),
+        "(b t) c h w -> b t c h w", b=inputs.shape[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_video_strip(path, inputs, masked, output.image[:count].detach().float(),
+                     output.gaussians[:count].detach(), model.camera, max_videos=count)
+
+
+def strip_dumps(config: VideoConfig, model: VideoGMAE, runtime: Runtime) -> StepHook:
+    """Every ``image_every`` steps rank 0 writes ``images/step_<step>.png``."""
+
+    def dump(step: int, result: StepResult) -> dict[str, float]:
+        if runtime.is_main and config.image_every and step % config.image_every == 0:
+            videos = result.batch.videos
+            save_strip(Path(config.output_dir) / "images" / f"step_{step:08d}.png", model,
+                       videos, result.output, min(config.num_images, videos.shape[0]))
+        return {}
+
+    return dump
+
+
+class FixedMaskVideoEvaluation:
+    """Every evaluation scores the same clips under the same masks (drawn from the run's seed
+    and each clip's index, never from the global generators, so training resumes bit for bit).
+
+    Returns per-clip means of ``psnr_masked`` (dB over each frame's hidden patches), ``psnr``
+    and ``ssim`` (each averaged over the frames). Rank 0's first batch and output are kept in
+    :attr:`first` for a picture.
+    """
+
+    def __init__(self, model: VideoGMAE, dataset: Dataset, *, runtime: Runtime, batch_size: int,
+                 seed: int, autocast: Any = None) -> None:
+        self.model = model
+        self.runtime = runtime
+        self.autocast = autocast
+        indices = range(runtime.rank, len(dataset), runtime.world_size)
+        noise_length = model.noise_length
+        self.noise = torch.stack([
+            torch.rand(noise_length, generator=torch.Generator().manual_seed(
+                seed * 1_000_003 + _MASK_SEED + index)) for index in indices])
+        self.loader = DataLoader(dataset, batch_size=batch_size,
+                                 sampler=[(index, seed + index) for index in indices],
+                                 collate_fn=collate_clips,
+                                 # its seed comes from here, not from torch's global generator
+                                 generator=torch.Generator().manual_seed(seed))
+        self.first: tuple[torch.Tensor, VideoGMAEOutput] | None = None
+
+    def __call__(self, step: int) -> dict[str, Any]:
+        from splathead.metrics import masked_psnr, psnr, ssim
+
+        seen = 0
+
+        def measure(model: nn.Module, batch: VideoBatch) -> dict[str, torch.Tensor]:
+            nonlocal seen
+            count = batch.videos.shape[0]
+            output = model(batch.videos, noise=self.noise[seen: seen + count].to(
+                batch.videos.device))
+            if seen == 0 and self.runtime.is_main:
+                self.first = (batch.videos, output)
+            seen += count
+            frames = self.model.num_frames
+            render = rearrange(output.image.float().clamp(0, 1), "b t c h w -> (b t) c h w")
+            target = rearrange(model.unnormalize(batch.videos.float()),
+                               "b t c h w -> (b t) c h w")
+            hidden = rearrange(frame_patch_mask(output.mask.mask, model.grid_size[0],
+                                                model.tubelet_size), "b t p -> (b t) p")
+            # Per-frame values, averaged over each clip's frames, summed over clips.
+            return {"psnr_masked": masked_psnr(render, target, hidden, model.patch_size).sum()
+                    / frames,
+                    "psnr": psnr(render, target).sum() / frames,
+                    "ssim": ssim(render, target).sum() / frames}
+
+        results = evaluate(self.model, self.loader, measure, device=self.runtime.device,
+                           autocast=self.autocast)
+        log.info("step %d evaluation: %s", step,
+                 ", ".join(f"{name} {value:.4g}" for name, value in results.items()))
+        return results
+
+
+def eval_clips(config: VideoConfig) -> Dataset:
+    """The clips every evaluation scores, each from its fixed seed: sprite clips, or the first
+    ``eval_clips`` clips of the folder (centre crops; training clips too, as nothing is held out
+    of a folder)."""
+    if config.dataset == "sprites":
+        return MovingSprites(num_frames=config.num_frames, size=config.img_size,
+                             length=config.eval_clips)
+    return ClipFolder(config.data_path, sampling=FrameSampling(config.num_frames,
+                                                               config.frame_stride),
+                      crop=CentreCrop(config.img_size), verify=False,
+                      max_clips=config.eval_clips)
+
+
+def eval_picture(config: VideoConfig, step: int) -> Path:
+    return Path(config.output_dir) / "images" / f"eval_{step:08d}.png"
+
+
+def train(config: VideoConfig, runtime: Runtime) -> int:
+    """Build the clips, the VideoGMAE and its optimiser, and hand them to the shared loop."""
+    use_cuda = runtime.device.type == "cuda"
+    dataset = build_dataset(config)
+    loader, sampler = build_loader(config, dataset, rank=runtime.rank,
+                                   world_size=runtime.world_size,
+                                   pin_memory=config.pin_memory and use_cuda,
+                                   collate_fn=collate_clips)
+    seed_everything(config.seed)  # identical initial weights on every rank
+    model = build_model(config).to(runtime.device)
+    optimizer = build_optimizer(model, config, fused=use_cuda)
+    log.info("%s encoder, %d frames, peak lr %.3g", config.encoder, config.num_frames,
+             config.learning_rate)
+    autocast = (torch.autocast(runtime.device.type, dtype=AUTOCAST_DTYPES[config.precision])
+                if config.precision in AUTOCAST_DTYPES else None)
+    evaluation = FixedMaskVideoEvaluation(model, eval_clips(config), runtime=runtime,
+                                          batch_size=loader.batch_size, seed=config.seed,
+                                          autocast=autocast)
+    finals: dict[int, dict] = {}
+
+    def evaluate_and_draw(step: int) -> dict:
+        results = finals[step] = evaluation(step)
+        if runtime.is_main and config.image_every and config.num_images and evaluation.first:
+            videos, output = evaluation.first
+            save_strip(eval_picture(config, step), model, videos, output,
+                       min(config.num_images, videos.shape[0]))
+        return results
+
+    def schedule(step: int) -> float:
+        return learning_rate(step, config=config, steps_per_epoch=sampler.steps_per_epoch)
+
+    status = fit(config, runtime, model=model, optimizer=optimizer, forward=video_loss,
+                 loader=loader, sampler=sampler, schedule=schedule,
+                 hooks=[strip_dumps(config, model, runtime)], evaluation=evaluate_and_draw,
+                 eval_interval=config.eval_every * sampler.steps_per_epoch)
+    if runtime.is_main and finals:
+        step, results = max(finals.items(), key=lambda item: item[0])
+        picture = eval_picture(config, step)
+        look = f"pictures: {picture}, " if picture.exists() else ""
+        print(f"step {step}: {look}metrics: {Path(config.output_dir) / 'metrics.jsonl'}; "
+              f"psnr_masked={results['psnr_masked']:.2f} dB (psnr {results['psnr']:.2f} dB, "
+              f"ssim {results['ssim']:.3f})")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done (or checkpointed on a signal), 1 failed in training, 2 bad settings,
+    data or checkpoint, found before any training step."""
+    return run_recipe(parse_config(argv), validate=validate, train=train)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""End-to-end behaviour of recipes/gmae_video.py on CPU: tiny clips, a few steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gmae_video as recipe
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("transformers")
+
+# 32 px, 4 frames, 16 Gaussians, 2 steps of 4 clips per epoch, 4 evaluation clips.
+TINY = ["--preset", "demo", "--img-size", "32", "--num-frames", "4", "--num-gaussians", "16",
+        "--decoder-depth", "1", "--batch-size", "4", "--samples-per-epoch", "8",
+        "--eval-clips", "4", "--num-workers", "0", "--log-every", "1", "--image-every", "0"]
+
+
+def run(output_dir: Path, *flags: str) -> int:
+    return recipe.main([*TINY, "--output-dir", str(output_dir), *flags])
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records if "loss" in record}
+
+
+def clip_folder(root: Path, frames_per_clip: list[int], size: int = 40) -> Path:
+    """Clip folders of random PNG frames."""
+    rng = np.random.default_rng(0)
+    for clip, count in enumerate(frames_per_clip):
+        folder = root / f"clip{clip:02d}"
+        folder.mkdir(parents=True)
+        for frame in range(count):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{frame:05d}.png")
+    return root
+
+
+def test_sprites_run_writes_checkpoint_metrics_strips_and_the_psnr_line(tmp_path, capsys):
+    assert run(tmp_path, "--epochs", "1", "--image-every", "2") == 0
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*.pt")) == [
+        "checkpoint-00000002.pt"]
+    assert sorted(losses(tmp_path)) == [1, 2]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    strip = tmp_path / "images" / "eval_00000002.png"
+    # 4 rows (input, masked, render, Gaussians) per video, 2 videos; one column per frame
+    assert Image.open(strip).size == (4 * 34 + 2, 8 * 34 + 2)
+    evaluation = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text()
+                  .splitlines() if '"eval"' in line][-1]
+    assert {"psnr_masked", "psnr", "ssim"} <= set(evaluation)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"psnr_masked={evaluation['psnr_masked']:.2f}" in last
+
+
+def test_resuming_mid_epoch_reproduces_the_uninterrupted_losses_exactly(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(straight, "--epochs", "2") == 0
+    assert run(resumed, "--epochs", "2", "--max-steps", "3") == 0  # stops inside epoch 2
+    assert run(resumed, "--epochs", "2", "--resume", "auto") == 0
+    assert losses(resumed) == losses(straight)
+    assert sorted(losses(resumed)) == [1, 2, 3, 4]
+
+
+def test_a_folder_of_clips_trains_with_stride_sampling(tmp_path):
+    data = clip_folder(tmp_path / "clips", [9, 8, 12, 8])
+    assert run(tmp_path / "out", "--dataset", "clips", "--data-path", str(data),
+               "--frame-stride", "2", "--epochs", "1", "--crop-scale", "0.5", "1.0") == 0
+    assert sorted(losses(tmp_path / "out")) == [1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--num-frames", "3"], "--num-frames 3 is not a multiple of --tubelet-size 2"),
+        (["--dataset", "clips", "--data-path", "SHORT", "--frame-stride", "2"],
+         "has 6 frames, fewer than the 4 frames x stride 2 = 8"),
+        (["--dataset", "clips", "--data-path", "BROKEN"], "frame 00002.png is unreadable"),
+        (["--dataset", "clips"], "dataset clips needs --data-path"),
+        (["--mask-ratio", "0.99"], "leaves no visible tubelet"),
+        (["--decoder-dim", "40"], "--decoder-dim 40 must be a multiple of 16"),
+        (["--encoder-weights", "MISSING"], "--encoder-weights"),
+    ],
+)
+def test_bad_inputs_exit_2_before_training_naming_what_to_change(tmp_path, flags, named, capsys,
+                                                                  caplog):
+    clip_folder(tmp_path / "SHORT", [8, 6])
+    clip_folder(tmp_path / "BROKEN", [4, 4])
+    (tmp_path / "BROKEN" / "clip01" / "00002.png").write_bytes(b"not a png")
+    flags = [flag.replace("SHORT", str(tmp_path / "SHORT")).replace(
+        "BROKEN", str(tmp_path / "BROKEN")).replace("MISSING", str(tmp_path / "MISSING"))
+        for flag in flags]
+    output = tmp_path / "out"
+    assert recipe.main([*TINY, "--output-dir", str(output), *flags]) == 2
+    assert named in capsys.readouterr().err + caplog.text
+    assert not output.exists() or not any(output.iterdir())
+
+
+def test_paper_preset_is_the_authors_setting():
+    paper = recipe.PRESETS["paper"]
+    assert (paper.num_frames, paper.frame_stride, paper.mask_ratio, paper.masking) == (
+        16, 4, 0.9, "random")
+    assert (paper.img_size, paper.patch_size, paper.num_gaussians, paper.encoder) == (
+        224, 16, 512, "videomae_large")
+    assert paper.learning_rate == 4e-4 * 512 / 256
