@@ -66,7 +66,7 @@ class VideoConfig:
                                        "(save_pretrained) to start the encoder from; read "
                                        "locally, never downloaded")
     img_size: int = _opt(224, "frame size in pixels")
-    num_frames: int = _opt(16, "frames per clip")
+    num_frames: int = _opt(12, "frames per clip")
     patch_size: int = _opt(16, "encoder patch size in pixels")
     tubelet_size: int = _opt(1, "frames per encoder tubelet")
     num_gaussians: int = _opt(512, "Gaussians per video (the same ones in every frame)")
@@ -89,7 +89,7 @@ class VideoConfig:
         "clips", "clips: <data-path>/<clip>/<frames>; sprites: moving textured sprites drawn "
         "in code")
     data_path: str | None = _opt(None, "folder of clip folders (dataset clips)")
-    frame_stride: int = _opt(4, "frames between sampled frames (VideoMAE's sampling rate)")
+    frame_stride: int = _opt(1, "frames between sampled frames (VideoMAE's sampling rate)")
     verify_frames: bool = _opt(True, "open every frame's header before training (clips)")
     samples_per_epoch: int = _opt(512_000, "epoch length of the sprites")
     crop_scale: tuple[float, float] = _opt((0.08, 1.0), "RandomResizedCrop area range (one box "
@@ -138,8 +138,39 @@ class VideoConfig:
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
 
 
+# The authors' run: tekotan/video-gmae, scripts/launch_gmae_video.sh at commit 5f7c06b (its last,
+# uncommented command; removed from the repository in 8d57275) over configs/gmae_ema.yaml at
+# c630810 (configs/gmae.yaml, which that script names, holds the same values at these lines).
+# Model code: vidgmae/models/components/mae/models_mae_video.py (MV), vidgmae/models/gmae.py (GM).
+PAPER = VideoConfig(
+    encoder="videomae_large",  # launch :250 model_name=mae_vit_large_patch16 (MV :1246-1251)
+    img_size=224,  # launch :252 input_size=224
+    num_frames=12,  # launch :265 seq_length=12 (gmae_ema.yaml :171 has 16)
+    frame_stride=1,  # launch :266 sample_rate=1 (gmae_ema.yaml :172 has 4)
+    patch_size=16,  # MV :1248 patch_size=16
+    tubelet_size=1,  # MV :603-606 embeds every frame on its own (2D patches)
+    num_gaussians=512,  # launch :272 vocab_size=512, GM :114 num_gaussian=cfg.vocab_size
+    gaussians_per_token=1,  # gmae_ema.yaml :242 scale_vocab: 1.0
+    max_scale=1 / 8,  # gmae_ema.yaml :241 scale_factor: 1.0 (MV :791), c = 1 under our camera
+    max_step=1 / 16,  # MV :790 and :925: 5 tanh / 10 at camera distance 8
+    masking="random",  # MV :621 random_masking over every frame's patches
+    mask_ratio=0.9,  # gmae_ema.yaml :222 mask_ratio: 0.90
+    delta_weight=0.0,  # gmae_ema.yaml :244 deltas_reg_weight: 0.0
+    decoder_dim=512, decoder_depth=8, decoder_heads=16,  # MV :1252-1254
+    batch_size=512,  # launch :256 train_batch_size=2 x :248 devices=8 x :249 num_nodes=32
+    blr=4e-4,  # launch :253 lr=4e-4, scaled by batch / 256 (GM :1243-1253)
+    min_lr=0.0,  # GM :1335-1345 cosine to 0
+    warmup_epochs=0.02,  # launch :263 warmup_steps=20 of :270 limit_train_batches=1000
+    epochs=1000,  # launch :264 max_epochs=1000
+    weight_decay=0.05,  # launch :254 weight_decay=5e-2
+    betas=(0.9, 0.95),  # GM :1307
+    clip_grad=2.0,  # launch :260 gradient_clip_val=2.0 (by value there, :276; by norm here)
+    precision="fp32",  # configs/trainer/default.yaml :25 precision: 32
+    seed=67,  # gmae_ema.yaml :89 seed: 67
+)
+
 PRESETS: dict[str, VideoConfig] = {
-    "paper": VideoConfig(),
+    "paper": PAPER,
     # A tiny VideoMAE on moving sprites: a laptop CPU trains it in under 3 minutes.
     "demo": VideoConfig(
         encoder="videomae_tiny", img_size=32, num_frames=4, patch_size=4, tubelet_size=2,

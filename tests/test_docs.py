@@ -72,3 +72,11 @@ def test_pretrained_doc_example_round_trips_a_model(tmp_path):
     assert sorted(path.name for path in (tmp_path / "tiny-gmae").iterdir()) == [
         "README.md", "config.json", "model.safetensors"]
     assert namespace["loaded"].num_patches == namespace["model"].num_patches
+
+
+def test_video_doc_example_runs(capsys):
+    pytest.importorskip("transformers")
+    namespace = run(python_blocks(ROOT / "docs/video.md")[0], "docs/video.md")
+    assert namespace["out"].image.shape == (2, 4, 3, 32, 32)
+    assert namespace["flow"].shape == (2, 4, 16, 3)
+    assert capsys.readouterr().out.startswith("torch.Size([2, 4, 3, 32, 32])")

@@ -8,7 +8,10 @@ from pathlib import Path
 import gmae_video as recipe
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
+from splathead_recipes.video_data import FrameSampling
 
 pytest.importorskip("transformers")
 
@@ -100,8 +103,22 @@ def test_bad_inputs_exit_2_before_training_naming_what_to_change(tmp_path, flags
 
 def test_paper_preset_is_the_authors_setting():
     paper = recipe.PRESETS["paper"]
+    assert paper == recipe.VideoConfig()  # the defaults are the authors' run
     assert (paper.num_frames, paper.frame_stride, paper.mask_ratio, paper.masking) == (
-        16, 4, 0.9, "random")
+        12, 1, 0.9, "random")
     assert (paper.img_size, paper.patch_size, paper.num_gaussians, paper.encoder) == (
         224, 16, 512, "videomae_large")
     assert paper.learning_rate == 4e-4 * 512 / 256
+
+
+@given(frames=st.integers(1, 8), stride=st.integers(1, 4), extra=st.integers(0, 10),
+       seed=st.integers(0, 2**31 - 1))
+def test_frame_sampling_is_videomaes_for_one_segment(frames, stride, extra, seed):
+    """VideoMAE's train sampling with one segment: an offset in [0, n - frames * stride], then
+    every stride-th frame from it (skip_length = frames * stride)."""
+    sampling = FrameSampling(frames, stride)
+    length = frames * stride + extra
+    indices = sampling.indices(length, seed)
+    assert 0 <= indices[0] <= length - frames * stride
+    assert indices == list(range(indices[0], indices[0] + frames * stride, stride))
+    assert indices == sampling.indices(length, seed)  # a pure function of the seed
