@@ -31,7 +31,7 @@ RECIPES_SOURCES := recipes/pyproject.toml recipes/setup.py recipes/csrc/jpeg_reg
 
 $(STAMP): pyproject.toml $(RECIPES_SOURCES) | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[dev]" -e ./recipes
+	$(BIN)/pip install -q -e ".[dev]" -e "./recipes[video]"
 	touch $(STAMP)
 
 # torch/torchvision come through pip first (it finds local wheels; uv would download CUDA builds).
@@ -43,7 +43,7 @@ $(FLOOR_STAMP): pyproject.toml $(RECIPES_SOURCES) $(FLOOR_CONSTRAINTS)
 	$(FLOOR_BIN)/pip install -q --upgrade pip
 	$(FLOOR_BIN)/pip install -q -r $(FLOOR_CONSTRAINTS) uv==$(UV_VERSION)
 	$(FLOOR_BIN)/uv pip install -q --python $(FLOOR_BIN)/python --resolution lowest-direct \
-		--upgrade -c $(FLOOR_CONSTRAINTS) -e ".[dev]" -e ./recipes
+		--upgrade -c $(FLOOR_CONSTRAINTS) -e ".[dev]" -e "./recipes[video]"
 	touch $(FLOOR_STAMP)
 
 $(DOCS_STAMP): $(STAMP)

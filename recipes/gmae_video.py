@@ -88,7 +88,8 @@ class VideoConfig:
     dataset: Literal["clips", "sprites"] = _opt(
         "clips", "clips: <data-path>/<clip>/<frames>; sprites: moving textured sprites drawn "
         "in code")
-    data_path: str | None = _opt(None, "folder of clip folders (dataset clips)")
+    data_path: str | None = _opt(None, "folder of clips: frame folders or video files (dataset "
+                                 "clips)")
     frame_stride: int = _opt(1, "frames between sampled frames (VideoMAE's sampling rate)")
     verify_frames: bool = _opt(True, "open every frame's header before training (clips)")
     samples_per_epoch: int = _opt(512_000, "epoch length of the sprites")

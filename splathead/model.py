@@ -182,20 +182,8 @@ class GMAE(nn.Module):
         return self.decoder.camera
 
     def no_weight_decay(self) -> set[str]:
-        """Full names of the parameters AdamW leaves undecayed: what each part's own
-        ``no_weight_decay()`` (timm's protocol: tokens, position and query embeddings) names.
-        """
-        names: set[str] = set()
-
-        def collect(module: nn.Module, prefix: str) -> None:
-            for name, child in module.named_children():
-                if hasattr(child, "no_weight_decay"):
-                    names.update(f"{prefix}{name}.{leaf}" for leaf in child.no_weight_decay())
-                else:
-                    collect(child, f"{prefix}{name}.")
-
-        collect(self, "")
-        return names
+        """Full names of the parameters AdamW leaves undecayed (:func:`no_weight_decay_names`)."""
+        return no_weight_decay_names(self)
 
     def train(self, mode: bool = True) -> GMAE:
         super().train(mode)
@@ -412,6 +400,22 @@ class GMAE(nn.Module):
             f"mask_ratio={self.mask_ratio}, loss={self.loss!r}, "
             f"norm_pix_loss={self.norm_pix_loss}, freeze_encoder={self.freeze_encoder}"
         )
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of what each part's own ``no_weight_decay()`` (timm's protocol: tokens,
+    position and query embeddings) names, searched through ``model``'s children."""
+    names: set[str] = set()
+
+    def collect(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            if hasattr(child, "no_weight_decay"):
+                names.update(f"{prefix}{name}.{leaf}" for leaf in child.no_weight_decay())
+            else:
+                collect(child, f"{prefix}{name}.")
+
+    collect(model, "")
+    return names
 
 
 def _check_encoder(encoder: object) -> None:

@@ -16,6 +16,7 @@ from splathead.checks import check_settings_agree
 from splathead.encoder import MaskedVideoEncoder
 from splathead.losses import masked_patch_mse
 from splathead.masking import PatchMask, RandomMasking
+from splathead.model import no_weight_decay_names
 from splathead.typing import Float, Int, Tensor, typecheck
 from splathead.video_decoder import VideoGMAEDecoder
 from splathead.video_gaussians import VideoGaussians
@@ -177,8 +178,9 @@ class VideoGMAE(nn.Module):
         return self.decoder.camera
 
     def no_weight_decay(self) -> set[str]:
-        """The decoder's learned queries (timm's protocol), by full name."""
-        return {f"decoder.query_decoder.{name}" for name in self.decoder.query_decoder.no_weight_decay()}
+        """Full names of the parameters AdamW leaves undecayed (the decoder's learned queries,
+        and what the encoder names; :func:`~splathead.model.no_weight_decay_names`)."""
+        return no_weight_decay_names(self)
 
     def train(self, mode: bool = True) -> VideoGMAE:
         super().train(mode)

@@ -42,6 +42,22 @@ def clip_folder(root: Path, frames_per_clip: list[int], size: int = 40) -> Path:
     return root
 
 
+def video_files(root: Path, frames_per_clip: list[int], size: int = 40) -> Path:
+    """Video files (MPEG-4 in .mp4, written with PyAV) of random frames."""
+    av = pytest.importorskip("av")
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for clip, count in enumerate(frames_per_clip):
+        with av.open(str(root / f"clip{clip:02d}.mp4"), "w") as container:
+            stream = container.add_stream("mpeg4", rate=10)
+            stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+            for _ in range(count):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+            container.mux(stream.encode())
+    return root
+
+
 def test_sprites_run_writes_checkpoint_metrics_strips_and_the_psnr_line(tmp_path, capsys):
     assert run(tmp_path, "--epochs", "1", "--image-every", "2") == 0
     assert sorted(path.name for path in tmp_path.glob("checkpoint-*.pt")) == [
@@ -74,6 +90,25 @@ def test_a_folder_of_clips_trains_with_stride_sampling(tmp_path):
     assert sorted(losses(tmp_path / "out")) == [1]
 
 
+def test_video_files_are_clips_with_the_sampled_frames(tmp_path):
+    import av
+    import torch
+    from splathead_recipes.crops import CentreCrop
+    from splathead_recipes.video_data import ClipFolder
+
+    data = video_files(tmp_path / "videos", [9, 8])
+    folder = ClipFolder(data, sampling=FrameSampling(4, 2), crop=CentreCrop(32))
+    clip, _, substituted = folder[(0, 5)]
+    assert clip.shape == (4, 3, 32, 32) and not substituted
+    with av.open(str(data / "clip00.mp4")) as container:
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    expected = [CentreCrop(32).from_pixels(torch.from_numpy(decoded[index]).permute(2, 0, 1), 5)
+                for index in FrameSampling(4, 2).indices(9, 5)]
+    assert (clip == np.stack(expected)).all()
+    assert run(tmp_path / "out", "--dataset", "clips", "--data-path", str(data),
+               "--epochs", "1", "--batch-size", "2") == 0
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -82,6 +117,7 @@ def test_a_folder_of_clips_trains_with_stride_sampling(tmp_path):
          "has 6 frames, fewer than the 4 frames x stride 2 = 8"),
         (["--dataset", "clips", "--data-path", "BROKEN"], "frame 00002.png is unreadable"),
         (["--dataset", "clips"], "dataset clips needs --data-path"),
+        (["--dataset", "clips", "--data-path", "BADVIDEO"], "clip00.mp4 is unreadable"),
         (["--mask-ratio", "0.99"], "leaves no visible tubelet"),
         (["--decoder-dim", "40"], "--decoder-dim 40 must be a multiple of 16"),
         (["--encoder-weights", "MISSING"], "--encoder-weights"),
@@ -92,8 +128,11 @@ def test_bad_inputs_exit_2_before_training_naming_what_to_change(tmp_path, flags
     clip_folder(tmp_path / "SHORT", [8, 6])
     clip_folder(tmp_path / "BROKEN", [4, 4])
     (tmp_path / "BROKEN" / "clip01" / "00002.png").write_bytes(b"not a png")
+    (tmp_path / "BADVIDEO").mkdir()
+    (tmp_path / "BADVIDEO" / "clip00.mp4").write_bytes(b"not a video")
     flags = [flag.replace("SHORT", str(tmp_path / "SHORT")).replace(
-        "BROKEN", str(tmp_path / "BROKEN")).replace("MISSING", str(tmp_path / "MISSING"))
+        "BROKEN", str(tmp_path / "BROKEN")).replace("MISSING", str(tmp_path / "MISSING")).replace(
+        "BADVIDEO", str(tmp_path / "BADVIDEO"))
         for flag in flags]
     output = tmp_path / "out"
     assert recipe.main([*TINY, "--output-dir", str(output), *flags]) == 2

@@ -168,3 +168,8 @@ def test_bad_inputs_are_named(videos):
         tiny_model(num_frames=8)
     with pytest.raises(TypeError, match="MaskedVideoEncoder"):
         VideoGMAE.from_encoder(gmae_vit_tiny(img_size=32).encoder, img_size=32, num_frames=2)
+
+
+def test_adamw_leaves_the_learned_queries_undecayed():
+    assert tiny_model().no_weight_decay() == {
+        "decoder.query_decoder.query_token", "decoder.query_decoder.query_embed"}

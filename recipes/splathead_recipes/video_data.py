@@ -1,4 +1,5 @@
-"""Clips for the video recipe: moving textured sprites drawn in code, and folders of frames.
+"""Clips for the video recipe: moving textured sprites drawn in code, and folders of clips (a
+clip is a folder of frames, or a video file read with PyAV, the ``video`` extra).
 
 Like :mod:`.data`, every random choice is a pure function of the sample's seed (the sampler hands
 ``(index, seed)`` pairs), so resuming is exact. A clip is uint8 ``[t 3 h w]``; :meth:`VideoBatch.to`
@@ -24,6 +25,7 @@ from splathead_recipes.data import Sample, to_rgb
 log = logging.getLogger("gmae")
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 _MAX_SUBSTITUTES = 32
 
 
@@ -146,34 +148,88 @@ def frame_files(clip: Path) -> list[Path]:
                   if path.is_file() and path.suffix.lower() in FRAME_SUFFIXES)
 
 
+def _pyav():
+    try:
+        import av
+    except ImportError:
+        raise ValueError("reading video files needs PyAV: pip install -e './recipes[video]'") from None
+    return av
+
+
+def _decoding_errors() -> tuple[type[Exception], ...]:
+    """PyAV's error class where PyAV is installed (its errors are not all OSErrors)."""
+    try:
+        import av
+    except ImportError:
+        return ()
+    return (av.FFmpegError,)
+
+
+def video_length(path: Path) -> int:
+    """Frames in a video file's first video stream (from its header, or counted by decoding
+    where the container does not say)."""
+    with _pyav().open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.frames or sum(1 for _ in container.decode(stream))
+
+
+def video_frames(path: Path, indices: list[int]) -> list[torch.Tensor]:
+    """Frames ``indices`` (ascending) of a video file as uint8 ``[3 h w]``, decoded in order up
+    to the last one."""
+    wanted, frames = set(indices), {}
+    with _pyav().open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in wanted:
+                frames[index] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+            if index >= indices[-1]:
+                break
+    if len(frames) < len(wanted):
+        raise ValueError(f"{path} ended after {index + 1} frames, needed frame {indices[-1]}")
+    return [frames[index] for index in indices]
+
+
 class ClipFolder(Dataset):
-    """``root/<clip>/<frame>``: each sub-folder a clip, its image files (sorted by name) the
-    frames. Every frame of a sample shares one crop box and flip (``crop``'s draw for the sample's
-    seed); a clip with an unreadable frame is replaced by the next clip and counted.
-    ``max_clips`` keeps the first clips (by name) only.
+    """``root/<clip>``: each sub-folder a clip whose image files (sorted by name) are its frames,
+    and each video file (``.mp4``, ``.avi``, ``.mkv``, ``.webm``, ``.mov``; PyAV) a clip. Every
+    frame of a sample shares one crop box and flip (``crop``'s draw for the sample's seed); a clip
+    with an unreadable frame is replaced by the next clip and counted. ``max_clips`` keeps the
+    first clips (by name) only.
 
     Raises ``ValueError`` naming the clip when a clip has fewer frames than ``sampling`` needs,
-    or (``verify``) when a frame cannot be opened or differs in size from the clip's first.
+    or (``verify``) when a frame cannot be read or differs in size from the clip's first (for
+    video files: when the file does not open or decode).
     """
 
     def __init__(self, root: str | Path, *, sampling: FrameSampling, crop: TrainCrop | CentreCrop,
                  verify: bool = True, max_clips: int | None = None) -> None:
         root = Path(root)
-        clips = sorted(path for path in root.iterdir() if path.is_dir())[:max_clips]
+        clips = sorted(path for path in root.iterdir()
+                       if path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES)[:max_clips]
         if not clips:
-            raise ValueError(f"{root} holds no clip folder (expected {root}/<clip>/<frames>)")
-        self.clips = [(clip, frame_files(clip)) for clip in clips]
-        for clip, frames in self.clips:
-            if len(frames) < sampling.span:
+            raise ValueError(f"{root} holds no clip (expected {root}/<clip>/<frames> or video "
+                             f"files)")
+        self.clips: list[tuple[Path, list[Path] | int]] = []
+        for clip in clips:
+            frames = frame_files(clip) if clip.is_dir() else self._length(clip)
+            length = len(frames) if isinstance(frames, list) else frames
+            if length < sampling.span:
                 raise ValueError(
-                    f"clip {clip} has {len(frames)} frames, fewer than the "
-                    f"{sampling.num_frames} frames x stride {sampling.stride} = {sampling.span} "
-                    f"the sampler needs")
-            if verify:
+                    f"clip {clip} has {length} frames, fewer than the {sampling.num_frames} "
+                    f"frames x stride {sampling.stride} = {sampling.span} the sampler needs")
+            if verify and isinstance(frames, list):
                 _verify_frames(clip, frames)
+            self.clips.append((clip, frames))
         self.sampling = sampling
         self.crop = crop
         self._warned: set[Path] = set()
+
+    @staticmethod
+    def _length(video: Path) -> int:
+        av = _pyav()
+        try:
+            return video_length(video)
+        except (OSError, IndexError, av.FFmpegError) as error:  # IndexError: no video stream
+            raise ValueError(f"clip {video} is unreadable ({error})") from None
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -182,15 +238,21 @@ class ClipFolder(Dataset):
         index, seed = item
         for skipped in range(_MAX_SUBSTITUTES):
             clip, frames = self.clips[(index + skipped) % len(self)]
-            chosen = [frames[i] for i in self.sampling.indices(len(frames), seed)]
+            length = len(frames) if isinstance(frames, list) else frames
+            chosen = self.sampling.indices(length, seed)
             try:
-                pixels = torch.stack([self.crop.from_file(path, seed, to_rgb) for path in chosen])
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                if isinstance(frames, list):
+                    pixels = [self.crop.from_file(frames[i], seed, to_rgb) for i in chosen]
+                else:
+                    pixels = [self.crop.from_pixels(frame, seed)
+                              for frame in video_frames(clip, chosen)]
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                    *_decoding_errors()) as error:
                 if clip not in self._warned:
                     self._warned.add(clip)
                     log.warning("skipping clip %s with an unreadable frame (%s)", clip, error)
                 continue
-            return Sample(pixels, 0, skipped > 0)
+            return Sample(torch.stack(pixels), 0, skipped > 0)
         raise RuntimeError(f"{_MAX_SUBSTITUTES} consecutive clips with unreadable frames from "
                            f"{self.clips[index][0]} on; is the dataset intact?")
 
