@@ -65,8 +65,9 @@ def test_sprites_run_writes_checkpoint_metrics_strips_and_the_psnr_line(tmp_path
     assert sorted(losses(tmp_path)) == [1, 2]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     strip = tmp_path / "images" / "eval_00000002.png"
-    # 4 rows (input, masked, render, Gaussians) per video, 2 videos; one column per frame
-    assert Image.open(strip).size == (4 * 34 + 2, 8 * 34 + 2)
+    # 4 rows (input, masked, render, Gaussians) per video, 2 videos; one column per frame;
+    # 32 px panels enlarged to 128 px, 2 px padding
+    assert Image.open(strip).size == (4 * 130 + 2, 8 * 130 + 2)
     evaluation = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text()
                   .splitlines() if '"eval"' in line][-1]
     assert {"psnr_masked", "psnr", "ssim"} <= set(evaluation)
