@@ -15,7 +15,6 @@ masked-patch PSNR.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -24,21 +23,23 @@ from typing import Any, Literal
 
 import torch
 from einops import rearrange
-from splathead import VideoGMAE, VideoGMAEOutput, wrap
+from splathead import DecoderSettings, VideoGMAE, wrap
 from splathead.render.renderer import BackendName
 from splathead.video_masking import frame_patch_mask
+from splathead.video_model import VideoGMAEOutput
 from splathead.viz import hide_patches, save_video_strip
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from splathead_recipes.config import (
-    ConfigError, check_devices, check_fields, check_output, parse_with, parser_for, uses_cuda)
+from splathead_recipes.cli import ConfigError, check_fields, option, parse_with, parser_for
 from splathead_recipes.crops import CentreCrop, TrainCrop
 from splathead_recipes.data import build_loader
 from splathead_recipes.distributed import Runtime
 from splathead_recipes.eval_step import evaluate
 from splathead_recipes.loop import StepHook, fit, run_recipe, seed_everything
 from splathead_recipes.optim import build_optimizer, learning_rate
+from splathead_recipes.settings import (
+    RunConfig, check_devices, check_output, check_ranges, uses_cuda)
 from splathead_recipes.train_step import AUTOCAST_DTYPES, StepResult
 from splathead_recipes.video_data import (
     ClipFolder, FrameSampling, MovingSprites, VideoBatch, collate_clips)
@@ -51,92 +52,64 @@ ENCODERS = {"videomae_tiny": (96, 3, 3), "videomae_small": (384, 12, 6),
 _MASK_SEED = 0x76696465  # mixed with --seed: evaluation masks never repeat training's
 
 
-def _opt(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
-class VideoConfig:
-    """Every setting of a video pretraining run. Defaults: the Video-GMAE authors' (paper)."""
+class VideoConfig(RunConfig):
+    """Every setting of a video pretraining run: :class:`RunConfig`'s (some with the video
+    defaults) and the Video-GMAE's own. Defaults: the Video-GMAE authors' run (:data:`PAPER`)."""
+
+    # Input (RunConfig's, video defaults).
+    img_size: int = option(224, "frame size in pixels")
+    patch_size: int = option(16, "encoder patch size in pixels")
+    data_path: str | None = option(None, "folder of clips: frame folders or video files "
+                                   "(dataset clips)")
+    num_workers: int = option(8, "data loader processes per GPU")
 
     # Model.
-    encoder: Literal["videomae_tiny", "videomae_small", "videomae_base", "videomae_large"] = _opt(
+    encoder: Literal["videomae_tiny", "videomae_small", "videomae_base", "videomae_large"] = option(
         "videomae_large", "VideoMAE encoder size (random weights, or --encoder-weights)")
-    encoder_weights: str | None = _opt(None, "folder of a saved Hugging Face VideoMAEModel "
-                                       "(save_pretrained) to start the encoder from; read "
-                                       "locally, never downloaded")
-    img_size: int = _opt(224, "frame size in pixels")
-    num_frames: int = _opt(12, "frames per clip")
-    patch_size: int = _opt(16, "encoder patch size in pixels")
-    tubelet_size: int = _opt(1, "frames per encoder tubelet")
-    num_gaussians: int = _opt(512, "Gaussians per video (the same ones in every frame)")
-    gaussians_per_token: int = _opt(1, "Gaussians each decoder query predicts")
-    max_scale: float = _opt(0.125, "largest Gaussian std in scene units")
-    max_step: float = _opt(1 / 16, "largest step of a Gaussian's centre between frames (each "
-                           "axis, scene units)")
-    masking: Literal["tube", "random"] = _opt("random", "tube (VideoMAE) or random over the "
-                                              "tubelet grid (MAE-ST, the authors)")
-    mask_ratio: float = _opt(0.9, "fraction of tubelets hidden from the encoder, in (0, 1)")
-    delta_weight: float = _opt(0.0, "weight of the L2 penalty on the Gaussians' steps and "
-                               "colour changes")
-    decoder_dim: int = _opt(512, "decoder width (a multiple of 16)")
-    decoder_depth: int = _opt(8, "decoder blocks")
-    decoder_heads: int = _opt(16, "decoder attention heads")
-    render_backend: BackendName = _opt("auto", "splatting backend")
+    encoder_weights: str | None = option(None, "folder of a saved Hugging Face VideoMAEModel "
+                                         "(save_pretrained) to start the encoder from; read "
+                                         "locally, never downloaded")
+    num_frames: int = option(12, "frames per clip")
+    tubelet_size: int = option(1, "frames per encoder tubelet")
+    num_gaussians: int = option(512, "Gaussians per video (the same ones in every frame)")
+    gaussians_per_token: int = option(1, "Gaussians each decoder query predicts")
+    max_scale: float = option(0.125, "largest Gaussian std in scene units")
+    max_step: float = option(1 / 16, "largest step of a Gaussian's centre between frames (each "
+                             "axis, scene units)")
+    masking: Literal["tube", "random"] = option("random", "tube (VideoMAE) or random over the "
+                                                "tubelet grid (MAE-ST, the authors)")
+    mask_ratio: float = option(0.9, "fraction of tubelets hidden from the encoder, in (0, 1)")
+    delta_weight: float = option(0.0, "weight of the L2 penalty on the Gaussians' steps and "
+                                 "colour changes")
+    decoder_dim: int = option(512, "decoder width (a multiple of 16)")
+    decoder_depth: int = option(8, "decoder blocks")
+    decoder_heads: int = option(16, "decoder attention heads")
+    render_backend: BackendName = option("auto", "splatting backend")
 
     # Data.
-    dataset: Literal["clips", "sprites"] = _opt(
-        "clips", "clips: <data-path>/<clip>/<frames>; sprites: moving textured sprites drawn "
-        "in code")
-    data_path: str | None = _opt(None, "folder of clips: frame folders or video files (dataset "
-                                 "clips)")
-    frame_stride: int = _opt(1, "frames between sampled frames (VideoMAE's sampling rate)")
-    verify_frames: bool = _opt(True, "open every frame's header before training (clips)")
-    samples_per_epoch: int = _opt(512_000, "epoch length of the sprites")
-    crop_scale: tuple[float, float] = _opt((0.08, 1.0), "RandomResizedCrop area range (one box "
-                                           "per clip)")
-    hflip: bool = _opt(True, "random horizontal flips (one per clip)")
-    jpeg_draft: bool = _opt(True, "decode a JPEG frame at 1/2, 1/4 or 1/8 size when the crop "
-                            "allows")
-    num_workers: int = _opt(8, "data loader processes per GPU")
-    pin_memory: bool = _opt(True, "page-locked host batches (CUDA only)")
+    dataset: Literal["clips", "sprites"] = option(
+        "clips", "clips: <data-path>/<clip>/<frames> or video files; sprites: moving textured "
+        "sprites drawn in code")
+    frame_stride: int = option(1, "frames between sampled frames (VideoMAE's sampling rate)")
+    verify_frames: bool = option(True, "open every frame's header before training (clips)")
+    samples_per_epoch: int = option(512_000, "epoch length of the sprites")
 
-    # Optimisation.
-    batch_size: int = _opt(512, "global batch of clips: world size x per-GPU x accum steps")
-    accum_steps: int = _opt(1, "gradient accumulation steps per optimiser step")
-    blr: float = _opt(4e-4, "base learning rate; lr = blr x batch_size / 256")
-    lr: float | None = _opt(None, "absolute learning rate (overrides blr)")
-    min_lr: float = _opt(0.0, "learning rate at the end of the cosine")
-    warmup_epochs: float = _opt(0.02, "linear warmup length in epochs")
-    epochs: int = _opt(1000, "training length in epochs")
-    weight_decay: float = _opt(0.05, "AdamW decay (not on biases, norms, 1-D params, queries)")
-    betas: tuple[float, float] = _opt((0.9, 0.95), "AdamW betas")
-    clip_grad: float = _opt(2.0, "gradient-norm clip (0 turns it off)")
-    precision: Literal["bf16", "fp16", "fp32"] = _opt("fp32", "autocast dtype (fp32: none)")
-    compile: bool = _opt(False, "torch.compile the decoder's transformer blocks")
+    # Optimisation (RunConfig's, video defaults) and AdamW's betas.
+    batch_size: int = option(512, "global batch of clips: world size x per-GPU x accum steps")
+    blr: float = option(4e-4, "base learning rate; lr = blr x batch_size / 256")
+    warmup_epochs: float = option(0.02, "linear warmup length in epochs")
+    epochs: int = option(1000, "training length in epochs")
+    precision: Literal["bf16", "fp16", "fp32"] = option("fp32", "autocast dtype (fp32: none)")
+    betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas")
+    seed: int = option(67, "seed for initialisation, data order, augmentation and masking")
+    output_dir: str = option("runs/gmae_video", "checkpoints, metrics and images")
 
-    # System.
-    device: Literal["auto", "cuda", "cpu"] = _opt("auto", "auto: cuda when available")
-    backend: Literal["auto", "nccl", "gloo"] = _opt("auto", "auto: nccl on cuda, gloo on cpu")
-    seed: int = _opt(67, "seed for initialisation, data order, augmentation and masking")
-    output_dir: str = _opt("runs/gmae_video", "checkpoints, metrics and images")
-
-    # Checkpoints, evaluation, logging.
-    checkpoint_every: int = _opt(1000, "steps between checkpoints (and at each epoch end)")
-    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep")
-    resume: str | None = _opt(None, "'auto' (newest readable in output-dir) or a file")
-    max_steps: int = _opt(0, "stop (with a checkpoint) after this many steps; 0: no limit")
-    eval_every: int = _opt(10, "epochs between evaluations (and one at the end); 0: at the end "
-                           "only")
-    eval_clips: int = _opt(32, "clips every evaluation scores: fixed sprite clips, or the "
-                           "folder's first clips")
-    log_every: int = _opt(20, "steps between metric records")
-    image_every: int = _opt(1000, "steps between PNG strips of frames (0: never)")
-    num_images: int = _opt(2, "videos per PNG strip")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+    # Evaluation and pictures.
+    eval_clips: int = option(32, "clips every evaluation scores: fixed sprite clips, or the "
+                             "folder's first clips")
+    image_every: int = option(1000, "steps between PNG strips of frames (0: never)")
+    num_images: int = option(2, "videos per PNG strip")
 
 
 # The authors' run: tekotan/video-gmae, scripts/launch_gmae_video.sh at commit 5f7c06b (its last,
@@ -196,18 +169,12 @@ def validate(config: VideoConfig, *, world_size: int, cuda_available: bool) -> N
 def _check_ranges(config: VideoConfig) -> str | None:
     if not 0 < config.mask_ratio < 1:
         return f"--mask-ratio must lie in (0, 1), got {config.mask_ratio}"
-    for name in ("img_size", "num_frames", "patch_size", "tubelet_size", "num_gaussians",
-                 "gaussians_per_token", "decoder_depth", "decoder_heads", "frame_stride",
-                 "samples_per_epoch", "batch_size", "accum_steps", "epochs", "log_every", "eval_clips",
-                 "keep_checkpoints", "checkpoint_every"):
-        if getattr(config, name) < 1:
-            return f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}"
-    for name in ("num_workers", "max_steps", "image_every", "num_images", "warmup_epochs",
-                 "weight_decay", "clip_grad", "min_lr", "eval_every", "delta_weight"):
-        if getattr(config, name) < 0:
-            return f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}"
-    if config.img_size % config.patch_size:
-        return f"--patch-size {config.patch_size} does not divide --img-size {config.img_size}"
+    if problem := check_ranges(
+            config, at_least_one=("num_frames", "patch_size", "tubelet_size", "num_gaussians",
+                                  "gaussians_per_token", "decoder_depth", "decoder_heads",
+                                  "frame_stride", "samples_per_epoch", "eval_clips"),
+            non_negative=("image_every", "num_images", "delta_weight")):
+        return problem
     if config.num_frames % config.tubelet_size:
         return (f"--num-frames {config.num_frames} is not a multiple of --tubelet-size "
                 f"{config.tubelet_size}")
@@ -218,11 +185,10 @@ def _check_ranges(config: VideoConfig) -> str | None:
         return (f"--decoder-dim {config.decoder_dim} must be a multiple of 16 and of "
                 f"--decoder-heads {config.decoder_heads}")
     if config.max_scale <= 0 or config.max_step <= 0:
-        return f"--max-scale and --max-step must be positive, got {config.max_scale}, " \
-               f"{config.max_step}"
-    low, high = config.crop_scale
-    if not 0 < low <= high <= 1:
-        return f"--crop-scale needs 0 < min <= max <= 1, got {low} {high}"
+        return (f"--max-scale and --max-step must be positive, got {config.max_scale}, "
+                f"{config.max_step}")
+    if not all(0 <= beta < 1 for beta in config.betas):
+        return f"--betas must lie in [0, 1), got {config.betas}"
     if config.img_size < 11:
         return f"--img-size {config.img_size}: the evaluation's SSIM needs at least 11 px"
     slots = config.num_frames // config.tubelet_size
@@ -231,8 +197,6 @@ def _check_ranges(config: VideoConfig) -> str | None:
     if int(kept) < 1:
         return (f"--mask-ratio {config.mask_ratio} leaves no visible tubelet ({config.masking} "
                 f"masking of {slots} x {patches} tubelets); lower it or raise --img-size")
-    if config.learning_rate <= 0:
-        return f"learning rate must be positive, got {config.learning_rate} (--lr / --blr)"
     return None
 
 
@@ -272,6 +236,15 @@ def build_dataset(config: VideoConfig) -> Dataset:
                           f"{config.num_frames}, --frame-stride {config.frame_stride})") from None
 
 
+def decoder_settings(config: VideoConfig) -> DecoderSettings:
+    """The image decoder's settings the video decoder is built with (queries per frame)."""
+    return DecoderSettings(dim=config.decoder_dim, depth=config.decoder_depth,
+                           num_heads=config.decoder_heads,
+                           num_queries=config.num_gaussians // config.gaussians_per_token,
+                           gaussians_per_token=config.gaussians_per_token,
+                           max_scale=config.max_scale, backend=config.render_backend)
+
+
 def build_model(config: VideoConfig) -> VideoGMAE:
     """A VideoGMAE with a Hugging Face VideoMAE encoder (random weights or --encoder-weights)."""
     import transformers
@@ -290,11 +263,8 @@ def build_model(config: VideoConfig) -> VideoGMAE:
         return VideoGMAE.from_encoder(
             wrap(videomae), img_size=config.img_size, num_frames=config.num_frames,
             masking=config.masking, mask_ratio=config.mask_ratio,
-            delta_weight=config.delta_weight, dim=config.decoder_dim,
-            depth=config.decoder_depth, num_heads=config.decoder_heads,
-            num_queries=config.num_gaussians // config.gaussians_per_token,
-            gaussians_per_token=config.gaussians_per_token, max_scale=config.max_scale,
-            max_step=config.max_step, backend=config.render_backend)
+            delta_weight=config.delta_weight, max_step=config.max_step,
+            decoder_settings=decoder_settings(config))
     except ValueError as error:
         raise ConfigError(f"the model cannot be built from these settings: {error}") from None
 

@@ -4,16 +4,17 @@ Gaussians for the first frame plus, for each later frame, their displacements an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from splathead.camera import Camera
-from splathead.decoder import QueryDecoder
-from splathead.head import GaussianHead, Rotation, full_precision_linear
+from splathead.decoder import DecoderSettings, QueryDecoder
+from splathead.head import GaussianHead, full_precision_linear
 from splathead.patches import as_pair, patch_grid
-from splathead.render import BackendName, SplatRenderer
+from splathead.render import SplatRenderer
 from splathead.typing import Float, Int, Tensor, typecheck
 from splathead.video_gaussians import VideoGaussians
 
@@ -41,7 +42,8 @@ class VideoGMAEDecoder(nn.Module):
         patch_size, tubelet_size: the encoder's tubelet (pixels, frames).
         num_prefix_tokens: encoder tokens before the tubelets (0 for VideoMAE).
         max_step: bound of each centre step between consecutive frames, scene units.
-        The rest: as :class:`~splathead.decoder.GMAEDecoder` (``num_queries`` per frame).
+        settings: the image decoder's :class:`~splathead.decoder.DecoderSettings`
+            (``num_queries`` per frame); ``overrides`` change its fields by name.
     """
 
     def __init__(
@@ -53,21 +55,13 @@ class VideoGMAEDecoder(nn.Module):
         patch_size: int | Sequence[int] = 16,
         tubelet_size: int = 2,
         num_prefix_tokens: int = 0,
-        dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        num_queries: int = 256,
-        num_channels: int = 3,
-        max_scale: float = 1 / 8,
-        center_range: float = 1.0,
-        rotation: Rotation = "shoemake",
-        gaussians_per_token: int = 1,
         max_step: float = 1 / 16,
-        background: float | Sequence[float] | Tensor = 1.0,
-        backend: BackendName = "auto",
+        settings: DecoderSettings = DecoderSettings(),
+        **overrides: Any,
     ) -> None:
         super().__init__()
+        settings = settings.replace(**overrides)
+        self.settings = settings
         if tubelet_size < 1 or num_frames < 1 or num_frames % tubelet_size:
             raise ValueError(
                 f"num_frames must be a positive multiple of tubelet_size, got "
@@ -84,30 +78,32 @@ class VideoGMAEDecoder(nn.Module):
             num_frames // tubelet_size,
             *patch_grid(*self.img_size, self.patch_size),
         )
-        self.num_queries = num_queries
+        self.num_queries = settings.num_queries
         self.query_decoder = QueryDecoder(
             encoder_dim,
             grid_size=self.grid_size,
             num_prefix_tokens=num_prefix_tokens,
-            dim=dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            num_queries=num_frames * num_queries,
+            dim=settings.dim,
+            depth=settings.depth,
+            num_heads=settings.num_heads,
+            mlp_ratio=settings.mlp_ratio,
+            num_queries=num_frames * settings.num_queries,
         )
         self.head = GaussianHead(
-            dim,
-            num_channels=num_channels,
-            max_scale=max_scale,
-            center_range=center_range,
-            rotation=rotation,
-            gaussians_per_token=gaussians_per_token,
+            settings.dim,
+            num_channels=settings.num_channels,
+            max_scale=settings.max_scale,
+            center_range=settings.center_range,
+            rotation=settings.rotation,
+            gaussians_per_token=settings.gaussians_per_token,
         )
         # Per Gaussian: 3 centre steps, then one offset per colour channel.
-        self.delta_head = nn.Linear(dim, gaussians_per_token * (3 + num_channels), bias=False)
+        self.delta_head = nn.Linear(
+            settings.dim, settings.gaussians_per_token * (3 + settings.num_channels), bias=False
+        )
         nn.init.zeros_(self.delta_head.weight)
         self.renderer = SplatRenderer(
-            Camera.gmae(*self.img_size), backend=backend, background=background
+            Camera.gmae(*self.img_size), backend=settings.backend, background=settings.background
         )
 
     @property

@@ -13,6 +13,7 @@ from torch import nn
 
 from splathead.camera import Camera
 from splathead.checks import check_settings_agree
+from splathead.decoder import DecoderSettings
 from splathead.encoder import MaskedVideoEncoder
 from splathead.losses import masked_patch_mse
 from splathead.masking import PatchMask, RandomMasking
@@ -115,13 +116,15 @@ class VideoGMAE(nn.Module):
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         delta_weight: float = 0.0,
         freeze_encoder: bool = False,
-        **decoder_kwargs: Any,
+        max_step: float = 1 / 16,
+        decoder_settings: DecoderSettings = DecoderSettings(),
+        **decoder_overrides: Any,
     ) -> VideoGMAE:
         """A VideoGMAE whose decoder is sized from ``encoder`` (width, patch and tubelet size,
-        prefix tokens); ``decoder_kwargs`` go to :class:`VideoGMAEDecoder` (the image decoder's
-        keywords: ``num_queries`` per frame, ``depth``, ``dim``, ``num_heads``,
-        ``gaussians_per_token``, ``max_scale``, ``background``, ``backend``, ... and
-        ``max_step``)."""
+        prefix tokens): the image decoder's ``decoder_settings`` (``num_queries`` per frame)
+        with ``decoder_overrides`` of its fields (``dim``, ``depth``, ``num_heads``,
+        ``num_queries``, ``gaussians_per_token``, ``max_scale``, ``backend``, ...), and
+        ``max_step`` (:class:`VideoGMAEDecoder`)."""
         _check_encoder(encoder)
         decoder = VideoGMAEDecoder(
             encoder_dim=encoder.embed_dim,
@@ -130,7 +133,9 @@ class VideoGMAE(nn.Module):
             patch_size=encoder.patch_size,
             tubelet_size=encoder.tubelet_size,
             num_prefix_tokens=encoder.num_prefix_tokens,
-            **decoder_kwargs,
+            max_step=max_step,
+            settings=decoder_settings,
+            **decoder_overrides,
         )
         return cls(
             encoder,
