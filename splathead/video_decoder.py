@@ -87,6 +87,7 @@ class VideoGMAEDecoder(nn.Module):
             depth=settings.depth,
             num_heads=settings.num_heads,
             mlp_ratio=settings.mlp_ratio,
+            norm_eps=settings.norm_eps,
             num_queries=num_frames * settings.num_queries,
         )
         self.head = GaussianHead(
