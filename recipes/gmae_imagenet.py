@@ -120,7 +120,7 @@ def train(config: Config, runtime: Runtime) -> int:
                                    pin_memory=config.pin_memory and use_cuda)
     seed_everything(config.seed)  # identical initial weights on every rank
     model = build_model_for(config).to(runtime.device)
-    optimizer = build_optimizer(model, config, fused=use_cuda)
+    optimizer = build_optimizer(model, config, decay_groups=config.decay_groups, fused=use_cuda)
     log.info("%s, peak lr %.3g", config.model, config.learning_rate)
     probes = (OnlineProbeTraining(model, num_classes=data.num_classes, lr=config.probe_lr,
                                   runtime=runtime, log_every=config.log_every,

@@ -387,7 +387,8 @@ def train(config: VideoConfig, runtime: Runtime) -> int:
                                    collate_fn=collate_clips)
     seed_everything(config.seed)  # identical initial weights on every rank
     model = build_model(config).to(runtime.device)
-    optimizer = build_optimizer(model, config, fused=use_cuda)
+    # timm's groups (no decay on the query tokens and embeddings), as the image recipe's default.
+    optimizer = build_optimizer(model, config, decay_groups="timm", fused=use_cuda)
     log.info("%s encoder, %d frames, peak lr %.3g", config.encoder, config.num_frames,
              config.learning_rate)
     autocast = (torch.autocast(runtime.device.type, dtype=AUTOCAST_DTYPES[config.precision])

@@ -29,8 +29,10 @@ def param_groups(model: nn.Module, weight_decay: float, *,
     return sorted(groups, key=lambda group: group["weight_decay"] == 0)
 
 
-def build_optimizer(model: nn.Module, config: Config, *, fused: bool) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, config.weight_decay, split=config.decay_groups),
+def build_optimizer(model: nn.Module, config: RunConfig, *, decay_groups: Literal["timm", "mae"],
+                    fused: bool) -> torch.optim.AdamW:
+    """AdamW with ``config``'s learning rate, betas and weight decay on :func:`param_groups`."""
+    return torch.optim.AdamW(param_groups(model, config.weight_decay, split=decay_groups),
                              lr=config.learning_rate, betas=config.betas, fused=fused or None)
 
 
