@@ -38,6 +38,7 @@ from splathead_recipes.distributed import Runtime
 from splathead_recipes.eval_step import evaluate
 from splathead_recipes.loop import StepHook, fit, run_recipe, seed_everything
 from splathead_recipes.optim import build_optimizer, learning_rate
+from splathead_recipes.pretrain_eval import CollapseWatch, health_sums
 from splathead_recipes.settings import (
     RunConfig, check_devices, check_output, check_ranges, uses_cuda)
 from splathead_recipes.train_step import AUTOCAST_DTYPES, StepResult
@@ -306,8 +307,10 @@ class FixedMaskVideoEvaluation:
     """Every evaluation scores the same clips under the same masks (drawn from the run's seed
     and each clip's index, never from the global generators, so training resumes bit for bit).
 
-    Returns per-clip means of ``psnr_masked`` (dB over each frame's hidden patches), ``psnr``
-    and ``ssim`` (each averaged over the frames). Rank 0's first batch and output are kept in
+    Returns per-clip means of ``psnr_masked`` (dB over each frame's hidden patches), ``psnr``,
+    ``ssim`` and the Gaussian health ``gauss_border``, ``gauss_invisible``, ``gauss_coverage``
+    (each averaged over the frames; the first evaluation that finds a collapse logs one
+    warning, as the image recipe's). Rank 0's first batch and output are kept in
     :attr:`first` for a picture.
     """
 
@@ -327,6 +330,7 @@ class FixedMaskVideoEvaluation:
                                  # its seed comes from here, not from torch's global generator
                                  generator=torch.Generator().manual_seed(seed))
         self.first: tuple[torch.Tensor, VideoGMAEOutput] | None = None
+        self.collapse_watch = CollapseWatch()
 
     def __call__(self, step: int) -> dict[str, Any]:
         from splathead.metrics import masked_psnr, psnr, ssim
@@ -347,16 +351,17 @@ class FixedMaskVideoEvaluation:
                                "b t c h w -> (b t) c h w")
             hidden = rearrange(frame_patch_mask(output.mask.mask, model.grid_size[0],
                                                 model.tubelet_size), "b t p -> (b t) p")
+            sums = {"psnr_masked": masked_psnr(render, target, hidden, model.patch_size).sum(),
+                    "psnr": psnr(render, target).sum(), "ssim": ssim(render, target).sum(),
+                    **health_sums(output.gaussians.flatten(), model.renderer)}
             # Per-frame values, averaged over each clip's frames, summed over clips.
-            return {"psnr_masked": masked_psnr(render, target, hidden, model.patch_size).sum()
-                    / frames,
-                    "psnr": psnr(render, target).sum() / frames,
-                    "ssim": ssim(render, target).sum() / frames}
+            return {name: total / frames for name, total in sums.items()}
 
         results = evaluate(self.model, self.loader, measure, device=self.runtime.device,
                            autocast=self.autocast)
         log.info("step %d evaluation: %s", step,
                  ", ".join(f"{name} {value:.4g}" for name, value in results.items()))
+        self.collapse_watch(step, results)
         return results
 
 

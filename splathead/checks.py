@@ -1,6 +1,7 @@
 """Argument checks shared by the library: each raises naming the argument, what it holds and
 what is expected; `host_scalars` reads several 0-dim tensors (check flags, counts) in one sync;
-`check_settings_agree` compares an encoder with the decoder built for it."""
+`check_pixels` checks a model's input images or frames; `check_settings_agree` compares an
+encoder with the decoder built for it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from splathead.typing import Tensor
 
 __all__ = [
-    "check_settings_agree", "host_scalars", "require_finite", "require_positive_finite",
+    "check_pixels", "check_settings_agree", "host_scalars", "require_finite", "require_positive_finite",
     "require_positive_int",
 ]
 
@@ -56,6 +57,39 @@ def require_finite(**tensors: Tensor) -> None:
         if count:
             raise ValueError(f"{name} holds NaN or Inf ({int(count)} of "
                              f"{tensors[name].numel()} values); expected finite values")
+
+
+def check_pixels(
+    name: str,
+    pixels: Tensor,
+    *,
+    dtype: torch.dtype | None,
+    num_channels: int,
+    size: tuple[int, int],
+    model: str,
+    finite: bool,
+) -> None:
+    """Check a model's input ``pixels [... c h w]`` (images or frames) named ``name``: the
+    ``dtype`` of the encoder's weights (``TypeError``; ``None``: any), ``num_channels``, the
+    ``size`` ``(h, w)`` that ``model`` renders and, when ``finite``, no NaN or Inf (one sync;
+    checked here rather than left to the render: NaN in a hidden patch reaches only the loss
+    target)."""
+    if dtype is not None and pixels.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {pixels.dtype}, expected {dtype} (the encoder's weights): pass "
+            f"{name}.to({dtype}); for mixed precision keep both in float32 and run under "
+            "torch.autocast"
+        )
+    channels, height, width = pixels.shape[-3:]
+    if channels != num_channels:
+        raise ValueError(f"{name} has {channels} channels, expected {num_channels} (len(mean))")
+    if (height, width) != tuple(size):
+        raise ValueError(
+            f"{name} are {height}x{width} pixels, but this {model} renders {size[0]}x{size[1]} "
+            "(the decoder's img_size)"
+        )
+    if finite:
+        require_finite(**{name: pixels})
 
 
 def check_settings_agree(settings: Mapping[str, tuple[object, object]]) -> None:

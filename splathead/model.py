@@ -16,7 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from splathead.camera import Camera
-from splathead.checks import check_settings_agree, require_finite
+from splathead.checks import check_pixels, check_settings_agree
 from splathead.decoder import DecoderOutput, DecoderSettings, GMAEDecoder
 from splathead.encoder import MaskedEncoder, MaskedVideoEncoder
 from splathead.gaussians import Gaussians
@@ -375,25 +375,11 @@ class GMAE(nn.Module):
 
     def _check_images(self, images: Tensor) -> None:
         weight = next(self.encoder.parameters(), None)
-        if weight is not None and images.dtype != weight.dtype:
-            raise TypeError(
-                f"images has dtype {images.dtype}, expected {weight.dtype} (the encoder's "
-                f"weights): pass images.to({weight.dtype}); for mixed precision keep both in "
-                "float32 and run under torch.autocast"
-            )
-        channels, height, width = images.shape[1:]
-        if channels != self.mean.shape[0]:
-            raise ValueError(
-                f"images has {channels} channels, expected {self.mean.shape[0]} (len(mean))"
-            )
-        if (height, width) != self.img_size:
-            raise ValueError(
-                f"images are {height}x{width} pixels, but this GMAE renders "
-                f"{self.img_size[0]}x{self.img_size[1]} (the decoder's img_size)"
-            )
-        if self.decoder.renderer.check_inputs:
-            # Here, not left to the render: NaN in a hidden patch reaches only the loss target.
-            require_finite(images=images)
+        check_pixels(
+            "images", images, dtype=None if weight is None else weight.dtype,
+            num_channels=self.mean.shape[0], size=self.img_size, model="GMAE",
+            finite=self.decoder.renderer.check_inputs,
+        )
 
     def extra_repr(self) -> str:
         return (

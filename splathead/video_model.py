@@ -12,11 +12,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from splathead.camera import Camera
-from splathead.checks import check_settings_agree
+from splathead.checks import check_pixels, check_settings_agree
 from splathead.decoder import DecoderSettings
 from splathead.encoder import MaskedVideoEncoder
 from splathead.losses import masked_patch_mse
 from splathead.masking import PatchMask, RandomMasking
+from splathead.render import SplatRenderer
 from splathead.model import no_weight_decay_names
 from splathead.typing import Float, Int, Tensor, typecheck
 from splathead.video_decoder import VideoGMAEDecoder
@@ -46,7 +47,9 @@ class VideoGMAE(nn.Module):
     frames, render every frame.
 
     Takes videos ``[b t c h w]`` normalised with ``mean`` / ``std``; renders and the loss target
-    are in [0, 1] RGB. Stable parts: :meth:`encode`, :meth:`decode` (tokens to
+    are in [0, 1] RGB. Videos are checked before any work, as :class:`~splathead.GMAE` checks
+    images: frames, channels, size, the encoder's dtype and, while the renderer checks its inputs
+    (``check_inputs``), finite values. Stable parts: :meth:`encode`, :meth:`decode` (tokens to
     :class:`VideoGaussians`), :meth:`render`.
 
     Args:
@@ -182,6 +185,11 @@ class VideoGMAE(nn.Module):
     def camera(self) -> Camera:
         return self.decoder.camera
 
+    @property
+    def renderer(self) -> SplatRenderer:
+        """The decoder's renderer (every frame of every video is one of its images)."""
+        return self.decoder.renderer
+
     def no_weight_decay(self) -> set[str]:
         """Full names of the parameters AdamW leaves undecayed (the decoder's learned queries,
         and what the encoder names; :func:`~splathead.model.no_weight_decay_names`)."""
@@ -290,21 +298,18 @@ class VideoGMAE(nn.Module):
         return VideoGMAEOutput(loss=loss, image=image, gaussians=gaussians, mask=mask)
 
     def _check_videos(self, videos: Tensor) -> None:
-        frames, channels, height, width = videos.shape[1:]
+        frames = videos.shape[1]
         if frames != self.num_frames:
             raise ValueError(
                 f"videos have {frames} frames, but this VideoGMAE takes num_frames="
                 f"{self.num_frames}"
             )
-        if channels != self.mean.shape[0]:
-            raise ValueError(
-                f"videos have {channels} channels, expected {self.mean.shape[0]} (len(mean))"
-            )
-        if (height, width) != self.img_size:
-            raise ValueError(
-                f"videos are {height}x{width} pixels, but this VideoGMAE renders "
-                f"{self.img_size[0]}x{self.img_size[1]} (the decoder's img_size)"
-            )
+        weight = next(self.encoder.parameters(), None)
+        check_pixels(
+            "videos", videos, dtype=None if weight is None else weight.dtype,
+            num_channels=self.mean.shape[0], size=self.img_size, model="VideoGMAE",
+            finite=self.decoder.renderer.check_inputs,
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from splathead_recipes.pretrain_eval import HEALTH
 from splathead_recipes.video_data import FrameSampling
+from test_recipe_run_lock import hold_in_another_process
 
 pytest.importorskip("transformers")
 
@@ -71,6 +73,7 @@ def test_sprites_run_writes_checkpoint_metrics_strips_and_the_psnr_line(tmp_path
     evaluation = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text()
                   .splitlines() if '"eval"' in line][-1]
     assert {"psnr_masked", "psnr", "ssim"} <= set(evaluation)
+    assert all(0 <= evaluation[name] <= 1 for name in HEALTH)  # the image recipe's health
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert f"psnr_masked={evaluation['psnr_masked']:.2f}" in last
 
@@ -82,6 +85,17 @@ def test_resuming_mid_epoch_reproduces_the_uninterrupted_losses_exactly(tmp_path
     assert run(resumed, "--epochs", "2", "--resume", "auto") == 0
     assert losses(resumed) == losses(straight)
     assert sorted(losses(resumed)) == [1, 2, 3, 4]
+
+
+def test_a_folder_in_use_by_another_run_is_refused_with_exit_2_naming_its_pid(tmp_path, capsys):
+    holder = hold_in_another_process(tmp_path)
+    try:
+        assert run(tmp_path, "--epochs", "1") == 2
+        assert f"is in use by a running run (process {holder.pid})" in capsys.readouterr().err
+        assert not list(tmp_path.glob("checkpoint-*.pt"))
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_folder_of_clips_trains_with_stride_sampling(tmp_path):

@@ -170,6 +170,20 @@ def test_bad_inputs_are_named(videos):
         VideoGMAE.from_encoder(gmae_vit_tiny(img_size=32).encoder, img_size=32, num_frames=2)
 
 
+def test_videos_get_the_image_models_named_checks_before_any_work(videos):
+    model = tiny_model()
+    with pytest.raises(ValueError, match="videos has 1 channels, expected 3"):
+        model(videos[:, :, :1])
+    with pytest.raises(TypeError, match="videos has dtype torch.float64, expected torch.float32"):
+        model(videos.double())
+    with pytest.raises(TypeError, match="videos has dtype torch.float16"):
+        model.encode(videos.half())
+    broken = videos.clone()
+    broken[1, 3, 0, 5, 7] = float("nan")
+    with pytest.raises(ValueError, match=r"^videos holds NaN or Inf \(1 of 24576 values\)"):
+        model(broken)
+
+
 def test_adamw_leaves_the_learned_queries_undecayed():
     assert tiny_model().no_weight_decay() == {
         "decoder.query_decoder.query_token", "decoder.query_decoder.query_embed"}

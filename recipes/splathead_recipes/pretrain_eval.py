@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from splathead import GMAE
+from splathead import GMAE, Gaussians, SplatRenderer
 from splathead.health import collapse_warning, gaussian_health
 from splathead.metrics import masked_psnr, psnr, ssim
 from splathead.probes import BlockFeatures, OnlineProbes, probe_loss
@@ -234,7 +234,7 @@ class FixedMaskEvaluation:
             # Its workers' seeds come from here, not from torch's global generator.
             generator=torch.Generator().manual_seed(seed))
         self.first: tuple[torch.Tensor, Any] | None = None
-        self.warned_collapse = False
+        self.collapse_watch = CollapseWatch()
 
     def __call__(self, step: int) -> dict[str, Any]:
         seen = 0
@@ -252,11 +252,7 @@ class FixedMaskEvaluation:
             sums = {"psnr_masked": masked_psnr(render, target, output.mask.mask,
                                                model.patch_size).sum(),
                     "psnr": psnr(render, target).sum(), "ssim": ssim(render, target).sum()}
-            # The alpha the forward's render drew but does not return: rendered once more.
-            alpha = model.renderer(output.gaussians).alpha
-            health = gaussian_health(output.gaussians, alpha, model.camera)
-            sums.update({f"gauss_{name}": share.sum()
-                         for name, share in health._asdict().items()})
+            sums.update(health_sums(output.gaussians, model.renderer))
             if self.probes is not None:
                 for index, correct in enumerate(self.probes.correct(batch.images, batch.labels)):
                     sums[f"probe_top1/{index:03d}"] = correct * 100.0
@@ -271,9 +267,28 @@ class FixedMaskEvaluation:
         log.info("step %d evaluation: %s", step, ", ".join(
             f"{name} {value:.4g}" for name, value in results.items()
             if isinstance(value, float)))
+        self.collapse_watch(step, results)
+        return results
+
+
+def health_sums(gaussians: Gaussians, renderer: SplatRenderer) -> dict[str, torch.Tensor]:
+    """The :data:`HEALTH` shares (:func:`splathead.health.gaussian_health`) of ``gaussians``'
+    images, each summed over them; the render's alpha, which a forward does not return, is
+    drawn once more."""
+    health = gaussian_health(gaussians, renderer(gaussians).alpha, renderer.camera)
+    return {f"gauss_{name}": share.sum() for name, share in health._asdict().items()}
+
+
+class CollapseWatch:
+    """Logs one warning, at the first evaluation whose :data:`HEALTH` shares say the Gaussians
+    collapsed (:func:`splathead.health.collapse_warning`)."""
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def __call__(self, step: int, results: dict[str, Any]) -> None:
         warning = collapse_warning(**{name.removeprefix("gauss_"): results[name]
                                       for name in HEALTH})
-        if warning and not self.warned_collapse:
+        if warning and not self.warned:
             log.warning("step %d: %s", step, warning)
-            self.warned_collapse = True
-        return results
+            self.warned = True
