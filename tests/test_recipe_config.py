@@ -155,7 +155,7 @@ def test_the_recipes_adamw_decays_the_weight_matrices_only():
     AdamW's decay moves a parameter, by exactly ``lr * weight_decay`` of it."""
     model = gmae_vit_tiny(img_size=32, num_queries=8)
     config = dataclasses.replace(PRESETS["demo"], weight_decay=0.05)
-    optimizer = build_optimizer(model, config, fused=False)
+    optimizer = build_optimizer(model, config, decay_groups=config.decay_groups, fused=False)
     assert optimizer.defaults["betas"] == config.betas
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for parameter in model.parameters():
