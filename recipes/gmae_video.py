@@ -227,7 +227,7 @@ def build_dataset(config: VideoConfig) -> Dataset:
         return MovingSprites(num_frames=config.num_frames, size=config.img_size,
                              length=config.samples_per_epoch)
     crop = TrainCrop(config.img_size, config.crop_scale, hflip=config.hflip,
-                     jpeg_draft=config.jpeg_draft)
+                     style=config.crop_style, jpeg_draft=config.jpeg_draft)
     try:
         return ClipFolder(config.data_path, sampling=FrameSampling(config.num_frames,
                                                                    config.frame_stride),

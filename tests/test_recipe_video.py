@@ -101,7 +101,8 @@ def test_a_folder_in_use_by_another_run_is_refused_with_exit_2_naming_its_pid(tm
 def test_a_folder_of_clips_trains_with_stride_sampling(tmp_path):
     data = clip_folder(tmp_path / "clips", [9, 8, 12, 8])
     assert run(tmp_path / "out", "--dataset", "clips", "--data-path", str(data),
-               "--frame-stride", "2", "--epochs", "1", "--crop-scale", "0.5", "1.0") == 0
+               "--frame-stride", "2", "--epochs", "1", "--crop-scale", "0.5", "1.0",
+               "--crop-style", "tf") == 0
     assert sorted(losses(tmp_path / "out")) == [1]
 
 
