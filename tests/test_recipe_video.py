@@ -156,6 +156,21 @@ def test_bad_inputs_exit_2_before_training_naming_what_to_change(tmp_path, flags
     assert not output.exists() or not any(output.iterdir())
 
 
+def test_a_fixed_set_of_sprite_clips_is_cycled_and_evaluated_on():
+    import torch
+    from splathead_recipes.video_data import MovingSprites
+
+    fixed = MovingSprites(num_frames=4, size=32, length=8, clips=3)
+    assert torch.equal(fixed[(1, 11)].image, fixed[(4, 99)].image)  # index, not seed, decides
+    assert not torch.equal(fixed[(1, 11)].image, fixed[(2, 11)].image)
+    fresh = MovingSprites(num_frames=4, size=32, length=8)
+    assert torch.equal(fresh[(1, 11)].image, fresh[(5, 11)].image)  # the seed decides
+    config = recipe.parse_config([*TINY, "--sprite-clips", "3", "--eval-clips", "3"])
+    evaluated = recipe.eval_clips(config)
+    assert all(torch.equal(evaluated[(index, 0)].image, fixed[(index, 5)].image)
+               for index in range(3))
+
+
 def test_paper_preset_is_the_authors_setting():
     paper = recipe.PRESETS["paper"]
     assert paper == recipe.VideoConfig()  # the defaults are the authors' run

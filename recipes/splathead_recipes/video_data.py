@@ -105,20 +105,25 @@ def draw_sprite_clip(seed: int, *, num_frames: int, size: int, num_sprites: int 
 
 
 class MovingSprites(Dataset):
-    """``length`` sprite clips (:func:`draw_sprite_clip`), each drawn from its sample's seed."""
+    """``length`` sprite clips (:func:`draw_sprite_clip`), each drawn from its sample's seed; with
+    ``clips`` > 0, sample ``index`` is clip ``index % clips`` of a fixed set (drawn from seeds
+    ``0 .. clips - 1``), so that a short run can learn them, as the image demo learns its photos."""
 
-    def __init__(self, *, num_frames: int, size: int, length: int, num_sprites: int = 3) -> None:
+    def __init__(self, *, num_frames: int, size: int, length: int, num_sprites: int = 3,
+                 clips: int = 0) -> None:
         self.num_frames = num_frames
         self.size = size
         self.length = length
         self.num_sprites = num_sprites
+        self.clips = clips
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, item: tuple[int, int]) -> Sample:
-        _, seed = item
-        clip = draw_sprite_clip(seed, num_frames=self.num_frames, size=self.size,
+        index, seed = item
+        clip = draw_sprite_clip(index % self.clips if self.clips else seed,
+                                num_frames=self.num_frames, size=self.size,
                                 num_sprites=self.num_sprites)
         return Sample(clip.frames, 0, False)
 
