@@ -149,8 +149,8 @@ PAPER = VideoConfig(
 
 PRESETS: dict[str, VideoConfig] = {
     "paper": PAPER,
-    # A tiny VideoMAE on 8 sprite clips (as the image demo learns its 8 photos): 118 s of one
-    # core's CPU for 768 steps, 18.48 dB masked PSNR. 4 Gaussians per query (16 queries a frame)
+    # A tiny VideoMAE on 8 sprite clips (as the image demo learns its 8 photos): 125 s of one
+    # core's CPU for 768 steps, 18.27 dB masked PSNR. 4 Gaussians per query (16 queries a frame)
     # halve the step's cost; docs/video.md has what this and the earlier settings reached.
     "demo": VideoConfig(
         encoder="videomae_tiny", img_size=32, num_frames=4, patch_size=4, tubelet_size=2,
