@@ -24,14 +24,15 @@ The parts, lowest layer first (each module imports only from the layers above it
 - factories: :func:`gmae_vit_base_patch16`, :func:`gmae_vit_large_patch16`,
   :func:`gmae_vit_huge_patch14`, :func:`gmae_vit_tiny`, and a named model's encoder alone:
   :func:`gmae_encoder` (:mod:`splathead.factories`)
-- analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.viz`,
+- analysis: :mod:`splathead.zeroshot` (layers, figure-ground, edges), :mod:`splathead.tracking`
+  (zero-shot point tracks from a :class:`VideoGMAE`'s Gaussians, TAP-Vid metrics), :mod:`splathead.viz`,
   :func:`export_ply` (Gaussians for 3D Gaussian-splatting viewers), :mod:`splathead.health`
   (:func:`gaussian_health`: border, invisible and coverage shares; :func:`collapse_warning`)
 - evaluation: :mod:`splathead.metrics` (PSNR, SSIM; needs torchmetrics, so not imported here),
   :mod:`splathead.probes` (online linear probes)
 """
 
-from splathead import viz, zeroshot
+from splathead import tracking, viz, zeroshot
 from splathead.adapters import wrap
 from splathead.camera import Camera
 from splathead.decoder import DecoderSettings, GMAEDecoder
@@ -77,6 +78,7 @@ __all__ = [
     "gmae_vit_large_patch16",
     "gmae_vit_tiny",
     "masked_patch_mse",
+    "tracking",
     "viz",
     "wrap",
     "zeroshot",
