@@ -58,6 +58,7 @@ class SpriteClip(NamedTuple):
     frames: torch.Tensor  # [t 3 h w] uint8
     centres: torch.Tensor  # [k t 2] each sprite's centre (x, y) in pixels, back to front
     radii: torch.Tensor  # [k] half-widths in pixels
+    squares: torch.Tensor  # [k] bool: square (else disc); a square's half-width is its radius
 
 
 def draw_sprite_clip(seed: int, *, num_frames: int, size: int, num_sprites: int = 3
@@ -88,8 +89,10 @@ def draw_sprite_clip(seed: int, *, num_frames: int, size: int, num_sprites: int 
     velocities = uniform(num_sprites, 2, low=-0.4, high=0.4) * size / max(num_frames - 1, 1)
     times = torch.arange(num_frames, dtype=torch.float32)
     centres = starts[:, None] + velocities[:, None] * times[None, :, None]  # [k t 2]
+    squares = torch.zeros(num_sprites, dtype=torch.bool)
     for sprite in range(num_sprites):
         square = bool(uniform() < 0.5)
+        squares[sprite] = square
         textures = uniform(2, 3)
         cell = float(uniform(low=0.3, high=0.6)) * float(radii[sprite])
         for frame in range(num_frames):
@@ -101,7 +104,7 @@ def draw_sprite_clip(seed: int, *, num_frames: int, size: int, num_sprites: int 
             texture = textures[0, :, None, None] + (textures[1] - textures[0])[:, None, None] * checker
             frames[frame] = frames[frame] + coverage * (texture - frames[frame])
     pixels = (frames.clamp(0, 1) * 255).round().to(torch.uint8)
-    return SpriteClip(pixels, centres, radii)
+    return SpriteClip(pixels, centres, radii, squares)
 
 
 class MovingSprites(Dataset):
