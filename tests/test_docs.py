@@ -80,3 +80,12 @@ def test_video_doc_example_runs(capsys):
     assert namespace["out"].image.shape == (2, 4, 3, 32, 32)
     assert namespace["flow"].shape == (2, 4, 16, 3)
     assert capsys.readouterr().out.startswith("torch.Size([2, 4, 3, 32, 32])")
+
+
+def test_tracking_doc_example_runs(capsys):
+    pytest.importorskip("transformers")
+    blocks = python_blocks(ROOT / "docs/zeroshot.md")
+    (block,) = [code for code in blocks if "track_points" in code]
+    namespace = run(block, "docs/zeroshot.md")
+    assert namespace["result"].tracks.shape == (2, 2, 4, 2)
+    assert namespace["metrics"].average_jaccard.tolist() == [1.0, 1.0]
