@@ -432,8 +432,9 @@ def check_score(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--layer-counts must be positive, got {args.layer_counts}")
 
 
-def check_make_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Exit 2 naming the flag when a ``make-data`` setting cannot work, before any file."""
+def check_data_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 unless ``--output-dir`` is new or an empty folder and ``--num-train`` and
+    ``--num-test`` are positive (any ``make-data``)."""
     output_dir = Path(args.output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         parser.error(f"--output-dir {output_dir} exists and is not an empty folder; "
@@ -441,6 +442,11 @@ def check_make_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.num_train < 1 or args.num_test < 1:
         parser.error(f"--num-train and --num-test must be >= 1, got {args.num_train} and "
                      f"{args.num_test}")
+
+
+def check_make_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 naming the flag when a ``make-data`` setting cannot work, before any file."""
+    check_data_folder(parser, args)
     if args.size < 8:
         parser.error(f"--size must be >= 8 pixels, got {args.size}")
     if not 1 <= args.min_shapes <= args.max_shapes:

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
-from zeroshot_layers import gain_interval
+from zeroshot_layers import check_data_folder, gain_interval
 
 from splathead import VideoGaussians, VideoGMAE
 from splathead.tracking import (
@@ -403,13 +403,7 @@ def check_score(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def check_make_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Exit 2 naming the flag when a ``make-data`` setting cannot work, before any file."""
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        parser.error(f"--output-dir {output_dir} exists and is not an empty folder; "
-                     "make-data never writes over files")
-    if args.num_train < 1 or args.num_test < 1:
-        parser.error(f"--num-train and --num-test must be >= 1, got {args.num_train} and "
-                     f"{args.num_test}")
+    check_data_folder(parser, args)
     if args.size < 16:
         parser.error(f"--size must be >= 16 pixels, got {args.size}")
     if args.num_frames < 2:
