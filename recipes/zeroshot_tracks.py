@@ -68,6 +68,7 @@ from splathead.tracking import (
 from splathead_recipes import checkpoint
 from splathead_recipes.cli import ConfigError, from_dict
 from splathead_recipes.crops import normalize
+from splathead_recipes.image_files import read_rgb, same_size
 from splathead_recipes.models import run_checkpoint_command
 from splathead_recipes.video_data import SpriteClip, draw_sprite_clip, frame_files
 
@@ -198,17 +199,27 @@ def load_video_model(path: str, *, img_size: int) -> VideoGMAE:
 
 def read_test_set(data_dir: Path, limit: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """uint8 clips ``[n t h w 3]`` and the ground truth arrays of ``DIR/test`` (first ``limit``
-    clips; all for 0)."""
+    clips; all for 0), read whole before any model work:
+    :class:`~splathead_recipes.image_files.ImageFileError` names a frame
+    that is unreadable or of another size than the first; ``SystemExit`` names ``--data-dir``
+    where the clips and the ground truth disagree."""
     folders = sorted(path for path in (data_dir / "test" / "clips").iterdir() if path.is_dir())
     folders = folders[:limit] if limit else folders
-    clips = np.stack([np.stack([np.array(Image.open(frame).convert("RGB"))
-                                for frame in frame_files(folder)]) for folder in folders])
     with np.load(data_dir / "test" / "tracks.npz") as stored:
         truth = {name: stored[name][: len(folders)] for name in stored.files}
-    if len(truth["query_points"]) != len(folders):
+    if not folders or len(truth["query_points"]) != len(folders):
         raise SystemExit(f"error: --data-dir {data_dir}: {len(folders)} test clips but ground "
                          f"truth for {len(truth['query_points'])} (write it with make-data)")
-    return clips, truth
+    num_frames = truth["tracks"].shape[2]
+    paths = []
+    for folder in folders:
+        frames = frame_files(folder)
+        if len(frames) != num_frames:
+            raise SystemExit(f"error: --data-dir {data_dir}: clip {folder} has {len(frames)} "
+                             f"frames, its ground truth {num_frames} (write it with make-data)")
+        paths += frames
+    pixels = same_size([read_rgb(path) for path in paths], paths)
+    return pixels.reshape(len(folders), num_frames, *pixels.shape[1:]), truth
 
 
 def shuffle_motion(gaussians: VideoGaussians, generator: torch.Generator) -> VideoGaussians:

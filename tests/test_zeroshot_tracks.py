@@ -160,3 +160,16 @@ def test_score_names_bad_inputs(tmp_path, capsys):
     not_a_checkpoint.write_text("not a checkpoint")
     assert zeroshot_tracks.main(["score", "--checkpoint", str(not_a_checkpoint), *data]) == 2
     assert f"--checkpoint {not_a_checkpoint}" in capsys.readouterr().err
+
+
+def test_score_names_an_unreadable_frame_or_a_clip_missing_one_before_any_model_work(
+        tmp_path, capsys):
+    make_data(tmp_path / "tracks")
+    argv = ["score", "--checkpoint", "none", "--data-dir", str(tmp_path / "tracks")]
+    broken = tmp_path / "tracks" / "test" / "clips" / "00001" / "002.png"
+    broken.write_bytes(b"not a png")
+    assert zeroshot_tracks.main(argv) == 2
+    assert f"{broken}: expected an RGB or grey image" in capsys.readouterr().err
+    broken.unlink()
+    with pytest.raises(SystemExit, match="00001 has 5 frames, its ground truth 6"):
+        zeroshot_tracks.main(argv)
