@@ -3,10 +3,12 @@ background, scored with the TAP-Vid metrics.
 
     # 512 training + 32 test clips of 8 frames, 32 px (seed 0)
     python recipes/zeroshot_tracks.py make-data --output-dir data/tracks
-    # pretrain on them (any gmae_video.py settings)
-    python recipes/gmae_video.py --preset demo --dataset clips --data-path data/tracks/train
-    # score a checkpoint against the baselines: one markdown table, then a summary line
-    python recipes/zeroshot_tracks.py score --checkpoint runs/video_demo/checkpoint-00000256.pt \\
+    # pretrain on them (any gmae_video.py settings; these are docs/zeroshot.md's measured run)
+    python recipes/gmae_video.py --preset demo --dataset clips --data-path data/tracks/train \\
+        --crop-scale 1.0 1.0 --max-step 0.125 --gaussians-per-token 1 --lr 2e-3 \\
+        --eval-clips 32 --epochs 60 --eval-every 10 --checkpoint-every 64 --output-dir runs/tracks
+    # score a checkpoint against the baselines: tables, then a summary line
+    python recipes/zeroshot_tracks.py score --checkpoint runs/tracks/checkpoint-00001920.pt \\
         --data-dir data/tracks
 
 **Data.** Every clip is :func:`splathead_recipes.video_data.draw_sprite_clip` (the video demo's
