@@ -62,8 +62,14 @@ from splathead.zeroshot import (
 )
 
 from splathead_recipes.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_dir
+from splathead_recipes.cli import ConfigError
 from splathead_recipes.image_files import read_rgb
-from splathead_recipes.models import check_checkpoint_flag, load_pretrained, run_checkpoint_command
+from splathead_recipes.models import (
+    check_checkpoint_flag,
+    check_mask_ratio,
+    load_pretrained,
+    run_checkpoint_command,
+)
 
 log = logging.getLogger("zeroshot_bsds")
 
@@ -207,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     ids = sorted(path.stem for path in (data_dir / "groundTruth").glob("*.mat"))
     ids = ids[: args.limit] if args.limit else ids
     if not ids:
-        raise SystemExit(f"no groundTruth/*.mat in {data_dir}")
+        raise ConfigError(f"--data-dir {data_dir}: no groundTruth/*.mat (expected a BSDS split "
+                          "with images/ and groundTruth/)")
     # Every image is read before any work, so a missing or unreadable one is named up front.
     images = [read_rgb(data_dir / "images" / f"{image_id}.jpg") for image_id in ids]
     if args.device == "auto":
@@ -217,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     model = None
     if "gmae" in args.methods:
         model = load_model(args.checkpoint, img_size=args.img_size, device=device)
-        check_model_options(args, model)
+        check_mask_ratio(model, args.mask_ratio)
         resolve_order(model, images[: args.batch_size], args, device)
     predict(args, ids, images, model, device)
     if model is not None and args.num_vis:
@@ -329,13 +336,6 @@ def check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace)
                      f" --num-vis {args.num_vis}")
     if args.ply and importlib.util.find_spec("plyfile") is None:
         parser.error("--ply needs plyfile: pip install 'splathead[ply]'")
-
-
-def check_model_options(args: argparse.Namespace, model: torch.nn.Module) -> None:
-    """Raise ``SystemExit`` when ``--mask-ratio`` leaves ``model`` no visible patch."""
-    if args.mask_ratio and int(model.num_patches * (1 - args.mask_ratio)) < 1:
-        raise SystemExit(f"error: --mask-ratio {args.mask_ratio} leaves none of the model's "
-                         f"{model.num_patches} patches visible")
 
 
 def check_benchmark_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

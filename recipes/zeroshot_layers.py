@@ -71,10 +71,15 @@ from skimage.draw import disk, ellipse, polygon
 from zeroshot_bsds import load_model, model_input, model_options, sobel_edges
 
 from splathead_recipes.bsds import MAX_DIST, NTHRESH, check_max_dist, evaluate_image, summarize
+from splathead_recipes.cli import ConfigError
 from splathead_recipes.image_files import read_mask, read_rgb, same_size
 from splathead.gaussians import Gaussians
 from splathead.zeroshot import choose_order, figure_ground, masked_reconstructions, soft_edges
-from splathead_recipes.models import check_checkpoint_flag, run_checkpoint_command
+from splathead_recipes.models import (
+    check_checkpoint_flag,
+    check_mask_ratio,
+    run_checkpoint_command,
+)
 
 SHAPES = ("disc", "ellipse", "rectangle", "triangle")
 NUM_SHUFFLES = 5
@@ -290,15 +295,13 @@ def score(args: argparse.Namespace) -> int:
     ids = ids[: args.limit] if args.limit else ids
     train_paths = sorted((data_dir / "train").glob("*/*.png"))[: args.batch_size]
     if not ids or not train_paths:
-        raise SystemExit(f"error: --data-dir {data_dir}: no test/images/*.png or train/*/*.png "
-                         "(write it with make-data)")
+        raise ConfigError(f"--data-dir {data_dir}: no test/images/*.png or train/*/*.png "
+                          "(write it with make-data)")
     images, fronts, boundaries = read_test_set(data_dir / "test", ids)
     train = [read_rgb(path) for path in train_paths] if args.order == "auto" else []
     model = load_model(args.checkpoint, img_size=args.img_size, device=torch.device("cpu"))
     ratio = model.mask_ratio if args.mask_ratio is None else args.mask_ratio
-    if ratio and int(model.num_patches * (1 - ratio)) < 1:
-        raise SystemExit(f"error: --mask-ratio {ratio} leaves none of the model's "
-                         f"{model.num_patches} patches visible")
+    check_mask_ratio(model, ratio)
     order = args.order
     if order == "auto":
         with torch.no_grad():

@@ -346,3 +346,13 @@ def test_run_names_a_missing_checkpoint_before_any_work(tmp_path, capsys):
     assert "--checkpoint missing.pt: no such file (expected a gmae_imagenet.py checkpoint" in (
         capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_run_exits_2_naming_a_mask_ratio_that_hides_every_patch(tmp_path, capsys):
+    data = bsds_split(tmp_path / "val")
+    argv = ["run", "--data-dir", str(data), "--checkpoint", "none", "--img-size", "32",
+            "--mask-ratio", "0.99", "--output-dir", str(tmp_path / "out")]
+    assert load_recipe().main(argv) == 2
+    assert "--mask-ratio 0.99 leaves none of the model's 16 patches visible" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

@@ -217,3 +217,11 @@ def test_the_docstrings_pretraining_command_parses_with_real_presets_and_flags()
     assert "--preset" in argv
     config = parse_config(argv)
     assert config.data_path == "data/leaves" and config.dataset == "imagefolder"
+
+
+def test_score_exits_2_naming_a_mask_ratio_that_hides_every_patch(scenes, capsys):
+    argv = ["score", "--checkpoint", "none", "--img-size", "32", "--data-dir", str(scenes),
+            "--mask-ratio", "0.99"]
+    assert zeroshot_layers.main(argv) == 2
+    assert "--mask-ratio 0.99 leaves none of the model's 16 patches visible" in (
+        capsys.readouterr().err)

@@ -12,6 +12,7 @@ import splathead
 from splathead import GMAE
 
 from splathead_recipes import checkpoint
+from splathead_recipes.cli import ConfigError
 from splathead_recipes.config import MODEL_NAMES, Config, load_config
 from splathead_recipes.image_files import ImageFileError
 
@@ -68,15 +69,23 @@ def check_checkpoint_flag(parser: argparse.ArgumentParser, path: str) -> None:
                      "checkpoint, or 'none' for an untrained gmae_vit_tiny)")
 
 
+def check_mask_ratio(model: GMAE, mask_ratio: float) -> None:
+    """:class:`ConfigError` naming ``--mask-ratio`` when it leaves none of ``model``'s patches
+    visible (0 shows them all)."""
+    if mask_ratio and int(model.num_patches * (1 - mask_ratio)) < 1:
+        raise ConfigError(f"--mask-ratio {mask_ratio} leaves none of the model's "
+                          f"{model.num_patches} patches visible")
+
+
 def run_checkpoint_command(args: argparse.Namespace) -> int:
     """``args.handler(args)`` of a command that reads ``--checkpoint`` and input images: a
-    checkpoint or an image file that cannot be used ends it with exit status 2 and one message
-    naming the flag or the file."""
+    checkpoint, an image file or a setting (:class:`ConfigError`) that cannot be used ends it
+    with exit status 2 and one message naming the flag or the file."""
     try:
         return args.handler(args)
     except checkpoint.CheckpointError as error:
         print(f"error: --checkpoint {error}", file=sys.stderr)
         return 2
-    except ImageFileError as error:
+    except (ImageFileError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
