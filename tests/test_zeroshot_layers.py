@@ -54,29 +54,6 @@ def test_make_data_is_the_same_for_the_same_seed_and_test_set_independent_of_tra
     assert first != (tmp_path / "c" / "test" / "images" / "00002.png").read_bytes()
 
 
-@pytest.mark.parametrize(("flags", "named"), [
-    (["--min-shapes", "3", "--max-shapes", "2"], "--min-shapes"),
-    (["--max-shapes", "9"], "--max-shapes"),
-    (["--min-radius", "0"], "--min-radius"),
-    (["--min-front-area", "0.5"], "--min-front-area"),
-    (["--size", "4"], "--size"),
-])
-def test_make_data_rejects_bad_flags_before_writing(tmp_path, capsys, flags, named):
-    with pytest.raises(SystemExit) as exit_info:
-        make_data(tmp_path / "out", *flags)
-    assert exit_info.value.code == 2 and named in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def test_make_data_never_writes_into_a_used_folder(tmp_path, capsys):
-    (tmp_path / "used").mkdir()
-    (tmp_path / "used" / "notes.txt").write_text("another run")
-    with pytest.raises(SystemExit) as exit_info:
-        make_data(tmp_path / "used")
-    assert exit_info.value.code == 2 and "never writes over" in capsys.readouterr().err
-    assert [path.name for path in (tmp_path / "used").iterdir()] == ["notes.txt"]
-
-
 def test_a_model_trained_on_make_data_is_scored_with_a_table_and_summary(tmp_path, capsys):
     data = tmp_path / "leaves"
     assert make_data(data) == 0

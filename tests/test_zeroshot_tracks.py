@@ -77,29 +77,6 @@ def test_make_data_is_the_same_for_the_same_seed_and_test_set_independent_of_tra
     assert (tmp_path / "a" / frame).read_bytes() == (tmp_path / "b" / frame).read_bytes()
 
 
-@pytest.mark.parametrize(("flags", "named"), [
-    (["--num-frames", "1"], "--num-frames"),
-    (["--num-sprites", "0"], "--num-sprites"),
-    (["--num-points", "300"], "--num-points"),
-    (["--size", "8"], "--size"),
-    (["--num-test", "0"], "--num-test"),
-])
-def test_make_data_rejects_bad_flags_before_writing(tmp_path, capsys, flags, named):
-    with pytest.raises(SystemExit) as exit_info:
-        make_data(tmp_path / "out", *flags)
-    assert exit_info.value.code == 2 and named in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def test_make_data_never_writes_into_a_used_folder(tmp_path, capsys):
-    (tmp_path / "used").mkdir()
-    (tmp_path / "used" / "notes.txt").write_text("another run")
-    with pytest.raises(SystemExit) as exit_info:
-        make_data(tmp_path / "used")
-    assert exit_info.value.code == 2 and "never writes over" in capsys.readouterr().err
-    assert [path.name for path in (tmp_path / "used").iterdir()] == ["notes.txt"]
-
-
 def test_a_video_model_trained_on_make_data_is_scored_with_tables_and_summary(tmp_path, capsys):
     data = tmp_path / "tracks"
     assert make_data(data) == 0
