@@ -84,9 +84,10 @@ def tapvid_metrics(
 
     Args:
         query_points: ``[v q 3]`` each query as (frame, y, x); the frame is rounded to an index.
-        gt_occluded, pred_occluded: ``[v q t]`` bool, True where the point is occluded (or out
-            of the frame).
-        gt_tracks, pred_tracks: ``[v q t 2]`` positions (x, y) in pixels.
+        gt_occluded: ``[v q t]`` bool, True where the point is occluded (or out of the frame).
+        gt_tracks: ``[v q t 2]`` true positions (x, y) in pixels.
+        pred_occluded: ``[v q t]`` bool, the predicted occlusion.
+        pred_tracks: ``[v q t 2]`` predicted positions (x, y) in pixels.
         query_mode: which frames are scored for a query: "first", the frames after its query
             frame (TAP-Vid's protocol for queries at a point's first visible frame); "strided",
             every frame but its query frame.

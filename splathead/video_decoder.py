@@ -39,7 +39,8 @@ class VideoGMAEDecoder(nn.Module):
         encoder_dim: width of the encoder tokens.
         img_size: ``(h, w)`` (or one int) of the frames.
         num_frames: frames ``t`` per video; a multiple of ``tubelet_size``.
-        patch_size, tubelet_size: the encoder's tubelet (pixels, frames).
+        patch_size: the encoder's tubelet side in pixels.
+        tubelet_size: the encoder's tubelet length in frames.
         num_prefix_tokens: encoder tokens before the tubelets (0 for VideoMAE).
         max_step: bound of each centre step between consecutive frames, scene units.
         settings: the image decoder's :class:`~splathead.decoder.DecoderSettings`

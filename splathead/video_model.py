@@ -59,7 +59,8 @@ class VideoGMAE(nn.Module):
         masking: "tube" (VideoMAE: one spatial mask in every time slot) or "random" (MAE-ST:
             random over the whole tubelet grid).
         mask_ratio: fraction of tubelets hidden, in [0, 1) (the authors: 0.9).
-        mean, std: per-channel normalisation of the input frames.
+        mean: per-channel mean of the input frames' normalisation.
+        std: per-channel standard deviation of the input frames' normalisation.
         delta_weight: weight of the L2 penalty on the Gaussians' steps and colour changes
             (the authors' ``deltas_reg_weight``, 0 by default as theirs).
         freeze_encoder: train the decoder only (encoder without gradients, kept in eval mode).
