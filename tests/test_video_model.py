@@ -68,7 +68,9 @@ def test_later_frames_move_by_bounded_steps_and_share_shape_and_opacity(videos):
     model = moving(tiny_model(max_step=0.05))
     gaussians = model(videos).gaussians
     steps = gaussians.means.diff(dim=1)
-    assert steps.abs().max() <= 0.05
+    # Each step is 0.05 * tanh (at most 0.05); the centres are cumulative sums of the steps, and
+    # differencing them back rounds by an ulp of the centre (float32: 0.05000001 where tanh = 1).
+    assert steps.abs().max() <= 0.05 + 1e-6
     assert steps.abs().max() > 0.01
     assert not torch.equal(gaussians.colors[:, 2], gaussians.colors[:, 0])
     frame = gaussians.frame(3)
